@@ -1,0 +1,29 @@
+# policyserve — the commands README.md documents. Dependencies install into
+# ~/.cache/policyserve (scripts/install-deps.sh) and are loaded from its env.sh.
+SHELL := /bin/bash
+ENV := $(or $(POLICYSERVE_CACHE),$(HOME)/.cache/policyserve)/env.sh
+WITH_ENV := source $(ENV) &&
+
+.PHONY: deps build test lint crds models
+
+deps:
+	scripts/install-deps.sh
+
+build: deps
+	$(WITH_ENV) cargo build --workspace --release
+
+## Run every test: unit tests, then the apiserver tests on a fresh local control plane.
+test: deps
+	$(WITH_ENV) scripts/with-control-plane.sh cargo test --workspace
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+## Regenerate charts/policyserve/crds from the Rust types.
+crds:
+	cargo run -q -p policyserve-crds --bin crdgen
+
+## Regenerate models/ (Python onnx + onnxruntime from the deps virtualenv).
+models: deps
+	$(WITH_ENV) "$$POLICYSERVE_PYTHON" models/make_models.py

@@ -1,0 +1,161 @@
+//! Condition types and reasons, and setting a condition the way Kubernetes API conventions
+//! ask: one entry per type, lastTransitionTime moves only when the status changes.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// PolicyService: serving on at least minReplicas nodes.
+pub const READY: &str = "Ready";
+/// PolicyService: every eligible node has an OptimizationProfile.
+pub const PROFILES_ASSIGNED: &str = "ProfilesAssigned";
+/// PolicyService: all targets met by the measured figures.
+pub const PERFORMANCE_COMPLIANT: &str = "PerformanceCompliant";
+/// PolicyService: latency targets met on every serving node.
+pub const LATENCY_TARGET_MET: &str = "LatencyTargetMet";
+/// PolicyService: summed throughput meets the target.
+pub const THROUGHPUT_TARGET_MET: &str = "ThroughputTargetMet";
+/// PolicyService: memory within the limit on every serving node.
+pub const MEMORY_WITHIN_LIMIT: &str = "MemoryWithinLimit";
+
+/// OptimizationProfile: the model loaded.
+pub const LOADED: &str = "Loaded";
+/// OptimizationProfile: the tuner chose a configuration.
+pub const TUNED: &str = "Tuned";
+/// OptimizationProfile: the agent serves the model.
+pub const SERVING: &str = "Serving";
+/// OptimizationProfile: the node's measured figures meet the targets.
+pub const TARGETS_MET: &str = "TargetsMet";
+
+/// Condition status values.
+pub mod status {
+    /// The condition holds.
+    pub const TRUE: &str = "True";
+    /// The condition does not hold.
+    pub const FALSE: &str = "False";
+    /// Not known yet.
+    pub const UNKNOWN: &str = "Unknown";
+}
+
+/// Sets (inserts or replaces) the condition of `type_`, keeping its lastTransitionTime when
+/// the status is unchanged. Returns whether anything changed.
+pub fn set(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: impl Into<String>,
+    observed_generation: Option<i64>,
+    now: &Time,
+) -> bool {
+    let message = message.into();
+    let existing = conditions.iter_mut().find(|c| c.type_ == type_);
+    match existing {
+        Some(c)
+            if c.status == status
+                && c.reason == reason
+                && c.message == message
+                && c.observed_generation == observed_generation =>
+        {
+            false
+        }
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = now.clone();
+            }
+            c.status = status.to_owned();
+            c.reason = reason.to_owned();
+            c.message = message;
+            c.observed_generation = observed_generation;
+            true
+        }
+        None => {
+            conditions.push(Condition {
+                type_: type_.to_owned(),
+                status: status.to_owned(),
+                reason: reason.to_owned(),
+                message,
+                observed_generation,
+                last_transition_time: now.clone(),
+            });
+            true
+        }
+    }
+}
+
+/// The condition of `type_`, when present.
+pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Whether the condition of `type_` is present with status True.
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    find(conditions, type_).is_some_and(|c| c.status == status::TRUE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> Time {
+        Time(jiff::Timestamp::from_second(seconds).unwrap())
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_changes() {
+        let mut conditions = Vec::new();
+        assert!(set(
+            &mut conditions,
+            READY,
+            status::FALSE,
+            "Measuring",
+            "wait",
+            Some(1),
+            &at(10)
+        ));
+        assert!(set(
+            &mut conditions,
+            READY,
+            status::FALSE,
+            "Measuring",
+            "still",
+            Some(2),
+            &at(20)
+        ));
+        assert_eq!(conditions[0].last_transition_time, at(10));
+        assert!(set(
+            &mut conditions,
+            READY,
+            status::TRUE,
+            "TargetsMet",
+            "ok",
+            Some(2),
+            &at(30)
+        ));
+        assert_eq!(conditions[0].last_transition_time, at(30));
+        assert_eq!(conditions.len(), 1);
+    }
+
+    #[test]
+    fn setting_the_same_condition_again_changes_nothing() {
+        let mut conditions = Vec::new();
+        set(
+            &mut conditions,
+            TUNED,
+            status::TRUE,
+            "Tuned",
+            "m",
+            Some(1),
+            &at(1),
+        );
+        assert!(!set(
+            &mut conditions,
+            TUNED,
+            status::TRUE,
+            "Tuned",
+            "m",
+            Some(1),
+            &at(2)
+        ));
+        assert!(is_true(&conditions, TUNED));
+        assert!(!is_true(&conditions, SERVING));
+    }
+}

@@ -1,0 +1,218 @@
+//! The PolicyService resource: a model plus performance targets, as a user writes it.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    EngineConfig, ExecutionProvider, HardwareClass, Measurement, ModelSpec, Precision, Profile,
+    Targets,
+};
+
+/// Serve an ONNX policy model with latency, throughput and memory targets on the nodes whose
+/// hardware fits; the status says whether the targets are met, measured, and why not.
+#[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[kube(
+    group = "policyserve.io",
+    version = "v1alpha1",
+    kind = "PolicyService",
+    namespaced,
+    shortname = "ps",
+    category = "policyserve",
+    status = "PolicyServiceStatus",
+    printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.scaling.desiredReplicas"}"#,
+    printcolumn = r#"{"name":"Serving","type":"integer","jsonPath":".status.scaling.servingReplicas"}"#,
+    printcolumn = r#"{"name":"Compliant","type":"string","jsonPath":".status.conditions[?(@.type==\"PerformanceCompliant\")].status"}"#,
+    printcolumn = r#"{"name":"P99","type":"number","jsonPath":".status.measured.latencyP99Ms","description":"worst node's P99 latency, ms"}"#,
+    printcolumn = r#"{"name":"RPS","type":"number","jsonPath":".status.measured.throughputRps","description":"measured requests per second, summed over serving nodes"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyServiceSpec {
+    /// The ONNX model to serve: exactly one of configMap, url or path, plus optional variants.
+    pub model: ModelSpec,
+    /// Performance targets; at least one.
+    pub targets: Targets,
+    /// The optimization profile: Auto chooses per node from its hardware class and the targets.
+    #[serde(default)]
+    pub profile: ProfileSelection,
+    /// Which nodes may serve and how many.
+    #[serde(default)]
+    pub placement: Placement,
+    /// Engine settings to pin instead of tuning them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuning: Option<TuningPins>,
+}
+
+/// Auto, or one of the four profiles pinned for every node.
+#[allow(clippy::upper_case_acronyms)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum ProfileSelection {
+    /// MemoryConstrained when memoryLimit is under 1 GiB, else the node's hardware class.
+    #[default]
+    Auto,
+    /// Pin the GPU profile (TensorRT → CUDA → CPU).
+    GPUAccelerated,
+    /// Pin the high-performance CPU profile.
+    HighPerformanceCPU,
+    /// Pin the memory-constrained profile.
+    MemoryConstrained,
+    /// Pin the balanced profile.
+    Balanced,
+}
+
+impl ProfileSelection {
+    /// The pinned profile, or None for Auto.
+    pub fn pinned(self) -> Option<Profile> {
+        match self {
+            Self::Auto => None,
+            Self::GPUAccelerated => Some(Profile::GPUAccelerated),
+            Self::HighPerformanceCPU => Some(Profile::HighPerformanceCPU),
+            Self::MemoryConstrained => Some(Profile::MemoryConstrained),
+            Self::Balanced => Some(Profile::Balanced),
+        }
+    }
+}
+
+/// Where and on how many nodes the model is served.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.minReplicas <= self.maxReplicas",
+    "message": "minReplicas must not exceed maxReplicas"
+}]))]
+pub struct Placement {
+    /// Only nodes whose labels match may serve; all nodes with a policyserve agent when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+    /// Serve on at least this many nodes.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1))]
+    pub min_replicas: i32,
+    /// Serve on at most this many nodes.
+    #[serde(default = "default_max_replicas")]
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+    /// Extra throughput, percent, to plan above the target when sizing the replica count.
+    #[serde(default = "default_headroom_percent")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub headroom_percent: i32,
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+fn default_max_replicas() -> i32 {
+    10
+}
+fn default_headroom_percent() -> i32 {
+    20
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Self {
+            node_selector: None,
+            min_replicas: default_min_replicas(),
+            max_replicas: default_max_replicas(),
+            headroom_percent: default_headroom_percent(),
+        }
+    }
+}
+
+/// Engine settings pinned by the user; the tuner explores only what is left open.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TuningPins {
+    /// Execution providers in priority order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_providers: Option<Vec<ExecutionProvider>>,
+    /// Model precision; needs a variant of that precision (or fp16 on TensorRT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
+    /// Largest batch the dynamic batcher forms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub max_batch_size: Option<u32>,
+    /// Intra-op threads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub intra_op_threads: Option<u32>,
+}
+
+/// What the operator observed and decided; written by the operator only.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyServiceStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, ProfilesAssigned, PerformanceCompliant, LatencyTargetMet, ThroughputTargetMet,
+    /// MemoryWithinLimit.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The scaling decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<ScalingStatus>,
+    /// Aggregate figures: throughput summed over serving nodes, the worst node for the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured: Option<Measurement>,
+    /// One entry per node the PolicyService is planned on.
+    #[serde(default)]
+    pub nodes: Vec<NodeStatus>,
+    /// Where clients send inference requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<ServiceEndpoint>,
+}
+
+/// How many nodes serve, and why.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingStatus {
+    /// Nodes the operator wants serving.
+    pub desired_replicas: i32,
+    /// Nodes whose agent reports Serving.
+    pub serving_replicas: i32,
+    /// Why this number, with the figures it came from.
+    pub reason: String,
+    /// When the desired count last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_decision_time: Option<Time>,
+}
+
+/// One planned node.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// Node name.
+    pub node: String,
+    /// The node's hardware class.
+    pub hardware_class: HardwareClass,
+    /// The profile chosen for the node.
+    pub profile: Profile,
+    /// Name of the OptimizationProfile for this node.
+    pub optimization_profile: String,
+    /// Whether this node's measured figures meet the per-node targets; unset until measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compliant: Option<bool>,
+    /// The configuration the node's tuner chose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen: Option<EngineConfig>,
+    /// The node's measured figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured: Option<Measurement>,
+}
+
+/// The stable address of a PolicyService.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceEndpoint {
+    /// The Service name, in the PolicyService's namespace.
+    pub service: String,
+    /// gRPC port (KServe V2 protocol).
+    pub port: i32,
+    /// The model name to use in V2 requests: `<namespace>.<name>`.
+    pub model_name: String,
+}

@@ -1,0 +1,1 @@
+//! The policyserve operator: reconciles PolicyServices into per-node OptimizationProfiles.
