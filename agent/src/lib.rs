@@ -1,1 +1,15 @@
-//! The policyserve agent: detects its node's hardware, tunes and serves ONNX models.
+//! The policyserve agent: detects its node's hardware, tunes ONNX Runtime for it and serves
+//! policy models.
+
+pub mod args;
+pub mod detect;
+pub mod engine;
+mod error;
+pub mod hardware;
+pub mod labels;
+pub mod run;
+pub mod telemetry;
+pub mod tune;
+pub mod tuner;
+
+pub use error::{Error, Result};

@@ -1,0 +1,81 @@
+//! Command-line interface: one clap struct per subcommand, with environment fallbacks.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The policyserve agent: detects its node's hardware, tunes ONNX Runtime for it and serves
+/// policy models over gRPC (KServe V2).
+#[derive(Debug, Parser)]
+#[command(name = "policyserve-agent", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter, as RUST_LOG (for example `info,policyserve_agent=debug`).
+    #[arg(long, global = true, env = "POLICYSERVE_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// The agent's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Detect this machine's hardware and print its class and capability labels.
+    Detect(DetectArgs),
+    /// Measure a model under candidate engine configurations and choose the best for targets.
+    Tune(crate::tune::TuneArgs),
+    /// In a cluster: label this node, then serve the OptimizationProfiles planned for it.
+    Run(RunArgs),
+}
+
+/// How results are printed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// A table for people.
+    #[default]
+    Table,
+    /// One JSON object for programs.
+    Json,
+}
+
+/// Where hardware facts come from.
+#[derive(Clone, Debug, Default, Args)]
+pub struct HardwareArgs {
+    /// Describe the machine with this JSON file (the schema `detect --output json` prints)
+    /// instead of detecting it; labels then carry `hw.policyserve.io/source=simulated`.
+    #[arg(long, env = "POLICYSERVE_HARDWARE_FILE")]
+    pub hardware_file: Option<PathBuf>,
+}
+
+/// `policyserve-agent detect`.
+#[derive(Debug, Args)]
+pub struct DetectArgs {
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// Hardware source.
+    #[command(flatten)]
+    pub hardware: HardwareArgs,
+}
+
+/// `policyserve-agent run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Name of the Node this agent runs on (the downward API's spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// Seconds between hardware re-detections (a hot-plugged GPU, a changed cgroup quota).
+    #[arg(long, env = "POLICYSERVE_REDETECT_SECONDS", default_value_t = 300)]
+    pub redetect_seconds: u64,
+    /// Hardware source.
+    #[command(flatten)]
+    pub hardware: HardwareArgs,
+}
+
+/// Where ONNX Runtime's shared library is.
+#[derive(Clone, Debug, Args)]
+pub struct OrtArgs {
+    /// Path of libonnxruntime.so (the CPU build, or the GPU build for CUDA/TensorRT).
+    #[arg(long = "ort-lib", env = "ORT_DYLIB_PATH")]
+    pub ort_lib: Option<PathBuf>,
+}

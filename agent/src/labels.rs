@@ -1,0 +1,1 @@
+//! Capability labels. PLACEHOLDER: replaced by the detection issue's implementation.
