@@ -13,7 +13,12 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// Log filter, as RUST_LOG (for example `info,policyserve_agent=debug`).
-    #[arg(long, global = true, env = "POLICYSERVE_LOG", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "POLICYSERVE_LOG",
+        default_value = "info,ort=warn"
+    )]
     pub log: String,
 }
 

@@ -1,13 +1,281 @@
-//! `policyserve-agent tune` (placeholder).
+//! `policyserve-agent tune`: measure a model on this machine and choose its configuration.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use policyserve_crds::{NodeCapacity, Precision, ProfileSelection, SearchSpace, Targets};
+use serde::Serialize;
+
+use crate::args::{HardwareArgs, OrtArgs, OutputFormat};
+use crate::engine::{EngineOptions, ModelFiles, runtime};
+use crate::tuner::{self, Candidate, MeasureSettings, TuneReport};
 
 /// Arguments of `tune`.
 #[derive(Debug, clap::Args)]
-pub struct TuneArgs {}
+pub struct TuneArgs {
+    /// The fp32 ONNX model.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A precision variant of the same model, as PRECISION=FILE (for example int8=model.int8.onnx).
+    #[arg(long = "variant", value_parser = parse_variant)]
+    pub variants: Vec<(Precision, PathBuf)>,
+    /// Median latency target, milliseconds.
+    #[arg(long = "p50-ms")]
+    pub p50_ms: Option<f64>,
+    /// 95th percentile latency target, milliseconds.
+    #[arg(long = "p95-ms")]
+    pub p95_ms: Option<f64>,
+    /// 99th percentile latency target, milliseconds.
+    #[arg(long = "p99-ms")]
+    pub p99_ms: Option<f64>,
+    /// Throughput target for this machine, requests per second.
+    #[arg(long)]
+    pub rps: Option<f64>,
+    /// Memory limit, as a Kubernetes quantity (512Mi).
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Time the search may take (30s, 2m).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub budget: Duration,
+    /// Profile: Auto picks one from the hardware class and the memory target.
+    #[arg(long, default_value = "Auto", value_parser = parse_profile)]
+    pub profile: ProfileSelection,
+    /// Measure every configuration instead of searching (slow; the benchmark's reference).
+    #[arg(long)]
+    pub exhaustive: bool,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// ONNX Runtime library.
+    #[command(flatten)]
+    pub ort: OrtArgs,
+    /// Hardware source.
+    #[command(flatten)]
+    pub hardware: HardwareArgs,
+}
+
+fn parse_variant(text: &str) -> Result<(Precision, PathBuf), String> {
+    let (precision, path) = text
+        .split_once('=')
+        .ok_or("expected PRECISION=FILE, e.g. int8=model.int8.onnx")?;
+    let precision = serde_json::from_value(serde_json::Value::String(precision.to_lowercase()))
+        .map_err(|_| format!("unknown precision {precision:?}; use fp16 or int8"))?;
+    Ok((precision, PathBuf::from(path)))
+}
+
+fn parse_profile(text: &str) -> Result<ProfileSelection, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|_| {
+        format!("unknown profile {text:?}; use Auto, GPUAccelerated, HighPerformanceCPU, MemoryConstrained or Balanced")
+    })
+}
+
+/// The object `tune --output json` prints (DESIGN.md).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TuneOutput<'a> {
+    model: String,
+    targets: &'a Targets,
+    hardware_class: String,
+    profile: String,
+    search_space: &'a SearchSpace,
+    #[serde(flatten)]
+    report: &'a TuneReport,
+}
 
 /// Runs `tune`.
 ///
 /// # Errors
-/// Always, for now.
-pub fn run(_args: &TuneArgs) -> anyhow::Result<()> {
-    anyhow::bail!("tune is not built yet")
+/// When ONNX Runtime or the model does not load, or no configuration can be measured.
+pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
+    let TuneArgs {
+        model,
+        variants,
+        budget,
+        profile,
+        exhaustive,
+        output,
+        ort,
+        hardware,
+        ..
+    } = args;
+    let targets = targets(args);
+    targets.memory_limit_mib().context("--memory")?;
+    runtime::environment(ort.ort_lib.as_deref())?;
+    let files = read_model(model, variants)?;
+    let (class, profile, space) = plan(hardware, *profile, &targets, &files)?;
+    if *output == OutputFormat::Table {
+        println!(
+            "model {} · class {class} · profile {profile} · {} configurations · budget {}",
+            files.name(),
+            space.size(),
+            humantime::format_duration(*budget)
+        );
+        println!("{}", Row::header());
+    }
+    let show_progress = *output == OutputFormat::Table || std::io::stderr().is_terminal();
+    let mut progress = |candidate: &Candidate| {
+        if show_progress {
+            let line = Row(candidate).to_string();
+            if *output == OutputFormat::Table {
+                println!("{line}");
+            } else {
+                eprintln!("{line}");
+            }
+            let _ = std::io::stdout().flush();
+        }
+    };
+    let options = EngineOptions::default();
+    let report = if *exhaustive {
+        let settings = MeasureSettings::for_budget(*budget);
+        tuner::exhaustive(&files, &targets, &space, &options, settings, &mut progress)?
+    } else {
+        tuner::quick_search(&files, &targets, &space, &options, *budget, &mut progress)?
+    };
+    match output {
+        OutputFormat::Json => {
+            let out = TuneOutput {
+                model: model.display().to_string(),
+                targets: &targets,
+                hardware_class: class.to_string(),
+                profile: profile.to_string(),
+                search_space: &space,
+                report: &report,
+            };
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        OutputFormat::Table => print_summary(&report),
+    }
+    Ok(())
+}
+
+fn targets(args: &TuneArgs) -> Targets {
+    Targets {
+        latency_p50_ms: args.p50_ms,
+        latency_p95_ms: args.p95_ms,
+        latency_p99_ms: args.p99_ms,
+        throughput_rps: args.rps,
+        memory_limit: args.memory.clone().map(Quantity),
+    }
+}
+
+fn read_model(
+    model: &std::path::Path,
+    variants: &[(Precision, PathBuf)],
+) -> anyhow::Result<ModelFiles> {
+    let name = model
+        .file_stem()
+        .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+    let variants: Vec<(Precision, &std::path::Path)> = variants
+        .iter()
+        .map(|(p, path)| (*p, path.as_path()))
+        .collect();
+    Ok(ModelFiles::read(name, model, &variants)?)
+}
+
+/// The hardware class, the profile and its search space on this machine.
+fn plan(
+    hardware: &HardwareArgs,
+    selection: ProfileSelection,
+    targets: &Targets,
+    files: &ModelFiles,
+) -> anyhow::Result<(
+    policyserve_crds::HardwareClass,
+    policyserve_crds::Profile,
+    SearchSpace,
+)> {
+    let hw = crate::hardware::load(hardware)?;
+    let class = hw.class();
+    let profile = selection.resolve(class, targets);
+    let usable_cpus = hw.usable_cpus().floor().max(1.0) as u32;
+    let capacity = NodeCapacity {
+        usable_cpus,
+        physical_cores: hw.usable_physical_cores().clamp(1, usable_cpus),
+        int8_acceleration: hw.int8_acceleration(),
+        gpu_compute_capability: hw.gpu_compute_capability(),
+        variants: files
+            .precisions()
+            .into_iter()
+            .filter(|p| *p != Precision::Fp32)
+            .collect(),
+    };
+    Ok((class, profile, profile.search_space(&capacity)))
+}
+
+/// One table row per candidate.
+struct Row<'a>(&'a Candidate);
+
+impl Row<'_> {
+    fn header() -> String {
+        format!(
+            "{:<14} {:<5} {:>7} {:>5} {:>5} {:>7} {:>5} {:>9} {:>9} {:>9} {:>10} {:>8}  {}",
+            "providers",
+            "prec",
+            "threads",
+            "inst",
+            "batch",
+            "delayµs",
+            "arena",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "rps",
+            "MiB",
+            "targets"
+        )
+    }
+}
+
+impl std::fmt::Display for Row<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Candidate {
+            config,
+            measured,
+            failing,
+            ..
+        } = self.0;
+        let providers: Vec<&str> = config
+            .execution_providers
+            .iter()
+            .map(|p| p.as_str())
+            .collect();
+        write!(
+            f,
+            "{:<14} {:<5} {:>7} {:>5} {:>5} {:>7} {:>5} {:>9.3} {:>9.3} {:>9.3} {:>10.0} {:>8.1}  {}",
+            providers.join(","),
+            config.precision.as_str(),
+            config.intra_op_threads,
+            config.instances,
+            config.max_batch_size,
+            config.batch_delay_micros,
+            if config.memory_arena { "on" } else { "off" },
+            measured.latency_p50_ms,
+            measured.latency_p95_ms,
+            measured.latency_p99_ms,
+            measured.throughput_rps,
+            measured.memory_mib,
+            if failing.is_empty() {
+                "met".to_owned()
+            } else {
+                failing.join("; ")
+            }
+        )
+    }
+}
+
+fn print_summary(report: &TuneReport) {
+    println!();
+    println!("chosen ({} measured):", report.candidates.len());
+    println!("{}", Row::header());
+    println!("{}", Row(&report.chosen));
+    for fallback in &report.chosen.fallbacks {
+        println!("  fallback: {fallback}");
+    }
+    if report.targets_met {
+        println!("all targets met");
+    } else {
+        println!("targets missed: {}", report.failing.join("; "));
+    }
 }

@@ -91,6 +91,11 @@ pub struct EngineConfig {
     /// Threads ONNX Runtime uses inside one operator.
     #[schemars(range(min = 1))]
     pub intra_op_threads: u32,
+    /// Model instances: sessions, each on its own worker thread, that take batches from one
+    /// queue (Triton's instance count).
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 1))]
+    pub instances: u32,
     /// Largest batch the dynamic batcher forms from concurrent requests.
     #[schemars(range(min = 1))]
     pub max_batch_size: u32,
@@ -110,12 +115,17 @@ fn default_true() -> bool {
     true
 }
 
+fn default_one() -> u32 {
+    1
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             execution_providers: vec![ExecutionProvider::Cpu],
             precision: Precision::Fp32,
             intra_op_threads: 1,
+            instances: 1,
             max_batch_size: 1,
             batch_delay_micros: 0,
             memory_arena: true,

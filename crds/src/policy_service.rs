@@ -63,6 +63,19 @@ pub enum ProfileSelection {
 }
 
 impl ProfileSelection {
+    /// The profile for a node of `class` (DESIGN.md): the pinned one, else MemoryConstrained
+    /// when the memory limit is under 1 GiB, else the class's own profile. An unparsable
+    /// memory limit is left to validation and does not change the choice.
+    pub fn resolve(self, class: HardwareClass, targets: &Targets) -> Profile {
+        if let Some(profile) = self.pinned() {
+            return profile;
+        }
+        match targets.memory_limit_mib() {
+            Ok(Some(mib)) if mib < 1024.0 => Profile::MemoryConstrained,
+            _ => class.default_profile(),
+        }
+    }
+
     /// The pinned profile, or None for Auto.
     pub fn pinned(self) -> Option<Profile> {
         match self {
@@ -215,4 +228,58 @@ pub struct ServiceEndpoint {
     pub port: i32,
     /// The model name to use in V2 requests: `<namespace>.<name>`.
     pub model_name: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    use super::*;
+
+    fn memory(limit: &str) -> Targets {
+        Targets {
+            memory_limit: Some(Quantity(limit.into())),
+            ..Targets::default()
+        }
+    }
+
+    #[test]
+    fn auto_follows_the_hardware_class() {
+        for (class, profile) in [
+            (HardwareClass::GpuAccelerated, Profile::GPUAccelerated),
+            (
+                HardwareClass::HighPerformanceCpu,
+                Profile::HighPerformanceCPU,
+            ),
+            (HardwareClass::MemoryConstrained, Profile::MemoryConstrained),
+            (HardwareClass::Balanced, Profile::Balanced),
+        ] {
+            assert_eq!(
+                ProfileSelection::Auto.resolve(class, &memory("2Gi")),
+                profile
+            );
+        }
+    }
+
+    #[test]
+    fn auto_with_a_memory_limit_under_one_gib_is_memory_constrained_on_any_class() {
+        let targets = memory("512Mi");
+        assert_eq!(
+            ProfileSelection::Auto.resolve(HardwareClass::GpuAccelerated, &targets),
+            Profile::MemoryConstrained
+        );
+        assert_eq!(
+            ProfileSelection::Auto.resolve(HardwareClass::Balanced, &memory("1Gi")),
+            Profile::Balanced
+        );
+    }
+
+    #[test]
+    fn a_pinned_profile_wins_over_class_and_memory() {
+        let targets = memory("128Mi");
+        assert_eq!(
+            ProfileSelection::HighPerformanceCPU.resolve(HardwareClass::Balanced, &targets),
+            Profile::HighPerformanceCPU
+        );
+    }
 }

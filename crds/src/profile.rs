@@ -114,6 +114,7 @@ impl Profile {
                     ],
                     precisions,
                     intra_op_threads: cpu_threads(node.usable_cpus.min(4)),
+                    instances: vec![1, 2],
                     max_batch_sizes: vec![1, 8, 32, 128],
                     batch_delays_micros: vec![0, 100, 500],
                     memory_arena: vec![true],
@@ -127,6 +128,7 @@ impl Profile {
                     variants(&[])
                 },
                 intra_op_threads: cpu_threads(node.physical_cores),
+                instances: cpu_threads(node.physical_cores.min(4)),
                 max_batch_sizes: vec![1, 8, 32, 64],
                 batch_delays_micros: vec![0, 100, 500],
                 memory_arena: vec![true],
@@ -135,6 +137,7 @@ impl Profile {
                 execution_providers: vec![vec![ExecutionProvider::Cpu]],
                 precisions: variants(&[Precision::Int8]),
                 intra_op_threads: cpu_threads(node.usable_cpus.min(2)),
+                instances: vec![1],
                 max_batch_sizes: vec![1, 4, 8],
                 batch_delays_micros: vec![0, 100, 500],
                 memory_arena: vec![false],
@@ -143,6 +146,7 @@ impl Profile {
                 execution_providers: vec![vec![ExecutionProvider::Cpu]],
                 precisions: vec![Precision::Fp32],
                 intra_op_threads: cpu_threads(node.usable_cpus.min(4)),
+                instances: cpu_threads(node.usable_cpus.min(2)),
                 max_batch_sizes: vec![1, 8, 32],
                 batch_delays_micros: vec![0, 100, 500],
                 memory_arena: vec![true],
@@ -164,6 +168,10 @@ fn ladder(cap: u32) -> Vec<u32> {
         .collect();
     steps.push(cap);
     steps
+}
+
+fn one_instance() -> Vec<u32> {
+    vec![1]
 }
 
 /// What the profile rules need to know about a node.
@@ -191,6 +199,9 @@ pub struct SearchSpace {
     pub precisions: Vec<Precision>,
     /// Intra-op thread counts to try.
     pub intra_op_threads: Vec<u32>,
+    /// Model instance counts to try.
+    #[serde(default = "one_instance")]
+    pub instances: Vec<u32>,
     /// Maximum batch sizes to try.
     pub max_batch_sizes: Vec<u32>,
     /// Batcher queue delays to try, microseconds.
@@ -205,6 +216,7 @@ impl SearchSpace {
         self.execution_providers.len()
             * self.precisions.len()
             * self.intra_op_threads.len()
+            * self.instances.len()
             * self.max_batch_sizes.len()
             * self.batch_delays_micros.len()
             * self.memory_arena.len()

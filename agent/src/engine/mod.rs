@@ -1,1 +1,233 @@
-//! The inference engine (placeholder).
+//! The inference engine: a model's precision variants, ONNX Runtime sessions built from an
+//! [`EngineConfig`], and the dynamic batcher that serves them.
+
+mod batcher;
+pub mod model;
+pub mod runtime;
+mod session;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use batcher::{BatchSettings, Batcher, Response};
+pub use model::{ModelSignature, TensorSpec};
+use policyserve_crds::{EngineConfig, ExecutionProvider, Precision};
+pub use session::GpuOptions;
+
+use crate::{Error, Result};
+
+/// A model's files, one per precision, held in memory (they come from files, ConfigMaps or
+/// downloads alike). fp32 is always present.
+#[derive(Clone, Debug)]
+pub struct ModelFiles {
+    name: String,
+    files: BTreeMap<Precision, Arc<[u8]>>,
+}
+
+impl ModelFiles {
+    /// A model from bytes; `files` must hold fp32.
+    ///
+    /// # Errors
+    /// [`Error::Config`] without an fp32 file.
+    pub fn new(name: impl Into<String>, files: BTreeMap<Precision, Arc<[u8]>>) -> Result<Self> {
+        let name = name.into();
+        if !files.contains_key(&Precision::Fp32) {
+            return Err(Error::Config(format!("model {name} has no fp32 file")));
+        }
+        Ok(Self { name, files })
+    }
+
+    /// Reads the fp32 file and its variants from disk.
+    ///
+    /// # Errors
+    /// [`Error::ReadModel`] when a file cannot be read.
+    pub fn read(
+        name: impl Into<String>,
+        fp32: &Path,
+        variants: &[(Precision, &Path)],
+    ) -> Result<Self> {
+        let read = |path: &Path| {
+            std::fs::read(path)
+                .map(Arc::from)
+                .map_err(|source| Error::ReadModel {
+                    path: path.to_owned(),
+                    source,
+                })
+        };
+        let mut files = BTreeMap::from([(Precision::Fp32, read(fp32)?)]);
+        for (precision, path) in variants {
+            files.insert(*precision, read(path)?);
+        }
+        Self::new(name, files)
+    }
+
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Precisions with a file of their own.
+    pub fn precisions(&self) -> Vec<Precision> {
+        self.files.keys().copied().collect()
+    }
+
+    /// The bytes to load for `precision` on `providers`. fp16 without an fp16 file is
+    /// TensorRT's fp16 mode over the fp32 file.
+    fn file_for(&self, precision: Precision, providers: &[ExecutionProvider]) -> Result<&[u8]> {
+        if let Some(bytes) = self.files.get(&precision) {
+            return Ok(bytes);
+        }
+        if precision == Precision::Fp16 && providers.contains(&ExecutionProvider::TensorRT) {
+            return Ok(&self.files[&Precision::Fp32]);
+        }
+        Err(Error::Config(format!(
+            "model {} has no {precision} variant{}",
+            self.name,
+            if precision == Precision::Fp16 {
+                " and TensorRT is not requested"
+            } else {
+                ""
+            }
+        )))
+    }
+}
+
+/// Settings of the engine that are not part of a tuned configuration.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// GPU memory limit and TensorRT cache.
+    pub gpu: GpuOptions,
+    /// Requests that may wait in the batcher's queue before new ones are refused.
+    pub queue_capacity: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            gpu: GpuOptions::default(),
+            queue_capacity: 1024,
+        }
+    }
+}
+
+/// A loaded model serving through its batcher.
+#[derive(Debug)]
+pub struct Engine {
+    batcher: Batcher,
+    config: EngineConfig,
+    fallbacks: Vec<String>,
+}
+
+impl Engine {
+    /// Loads `model` with `config`: one session per instance, then the batcher.
+    ///
+    /// # Errors
+    /// When the model does not load or does not fit the engine ([`Error::ModelLoad`],
+    /// [`Error::UnsupportedModel`]), or the configuration asks for a missing variant.
+    pub fn load(
+        model: &ModelFiles,
+        config: &EngineConfig,
+        options: &EngineOptions,
+    ) -> Result<Self> {
+        if config.max_batch_size == 0 || config.instances == 0 || config.intra_op_threads == 0 {
+            return Err(Error::Config(
+                "maxBatchSize, instances and intraOpThreads must be at least 1".into(),
+            ));
+        }
+        let bytes = model.file_for(config.precision, &config.execution_providers)?;
+        let mut sessions = Vec::with_capacity(config.instances as usize);
+        let mut providers = Vec::new();
+        let mut fallbacks = Vec::new();
+        for _ in 0..config.instances {
+            let built = session::build(model.name(), bytes, config, &options.gpu)?;
+            providers = built.providers;
+            fallbacks = built.fallbacks;
+            sessions.push(built.session);
+        }
+        let signature = model::inspect(model.name(), &sessions[0])?;
+        let settings = BatchSettings {
+            max_batch_size: config.max_batch_size as usize,
+            max_delay: Duration::from_micros(config.batch_delay_micros),
+            queue_capacity: options.queue_capacity,
+        };
+        let mut effective = config.clone();
+        // fp16 over the fp32 file exists only on TensorRT: report what really runs.
+        if config.precision == Precision::Fp16
+            && !model.files.contains_key(&Precision::Fp16)
+            && !providers.contains(&ExecutionProvider::TensorRT)
+        {
+            effective.precision = Precision::Fp32;
+            fallbacks.push("fp16: TensorRT unavailable, serving the fp32 model".into());
+        }
+        effective.execution_providers = providers;
+        let batcher = Batcher::start(sessions, signature, settings)?;
+        Ok(Self {
+            batcher,
+            config: effective,
+            fallbacks,
+        })
+    }
+
+    /// The configuration actually in effect (providers after fallback).
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Why requested providers or precisions are not in effect, one line each.
+    pub fn fallbacks(&self) -> &[String] {
+        &self.fallbacks
+    }
+
+    /// The model's signature.
+    pub fn signature(&self) -> &ModelSignature {
+        self.batcher.signature()
+    }
+
+    /// The batcher, for callers that submit without waiting (the gRPC server).
+    pub fn batcher(&self) -> &Batcher {
+        &self.batcher
+    }
+
+    /// Runs `rows` rows and waits, from async code.
+    ///
+    /// # Errors
+    /// As [`Batcher::submit`], plus inference failures.
+    pub async fn infer(
+        &self,
+        input: Vec<f32>,
+        rows: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Response> {
+        self.batcher.infer(input, rows, deadline).await
+    }
+
+    /// Runs `rows` rows and waits, from a plain thread.
+    ///
+    /// # Errors
+    /// As [`Engine::infer`].
+    pub fn infer_blocking(&self, input: Vec<f32>, rows: usize) -> Result<Response> {
+        self.batcher
+            .submit(input, rows, None)?
+            .blocking_recv()
+            .map_err(|_| Error::Stopped)?
+    }
+
+    /// Runs one full batch of zeros per instance, so that lazy initialisation (thread pools,
+    /// arenas, TensorRT engine builds) happens before the first real request or measurement.
+    ///
+    /// # Errors
+    /// When inference fails.
+    pub fn warm_up(&self) -> Result<()> {
+        let rows = self.config.max_batch_size as usize;
+        let input = vec![0.0; rows * self.signature().input.row_len()];
+        let pending: Vec<_> = (0..self.config.instances)
+            .map(|_| self.batcher.submit(input.clone(), rows, None))
+            .collect::<Result<_>>()?;
+        for reply in pending {
+            reply.blocking_recv().map_err(|_| Error::Stopped)??;
+        }
+        Ok(())
+    }
+}

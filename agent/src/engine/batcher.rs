@@ -1,0 +1,330 @@
+//! The dynamic batcher: joins concurrent requests along the batch dimension, runs them on
+//! dedicated worker threads (never on async runtime threads) and splits the results.
+//!
+//! A bounded queue feeds the workers; when it is full, [`Batcher::submit`] refuses the request
+//! at once instead of letting latency grow without bound. Each worker owns one ONNX Runtime
+//! session (a "model instance", as Triton calls it), takes the first waiting request, then
+//! keeps taking requests until the batch is full or `max_delay` has passed since it started.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use ort::session::Session;
+use ort::value::TensorRef;
+use tokio::sync::oneshot;
+
+use super::model::ModelSignature;
+use crate::{Error, Result};
+
+/// How the batcher forms batches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchSettings {
+    /// Most rows in one batch.
+    pub max_batch_size: usize,
+    /// How long a batch waits for more requests once its first request is taken.
+    pub max_delay: Duration,
+    /// Requests that may wait in the queue; more are refused.
+    pub queue_capacity: usize,
+}
+
+/// What one request gets back.
+#[derive(Debug)]
+pub struct Response {
+    /// One buffer per model output, `rows × row length` values each.
+    pub outputs: Vec<Vec<f32>>,
+    /// Rows in the batch the request ran in (its own included).
+    pub batch_rows: usize,
+    /// Time spent waiting in the queue.
+    pub queued: Duration,
+}
+
+struct Request {
+    input: Vec<f32>,
+    rows: usize,
+    enqueued: Instant,
+    deadline: Option<Instant>,
+    reply: oneshot::Sender<Result<Response>>,
+}
+
+/// Handle to the queue and its workers. Dropping it (or [`Batcher::shutdown`]) closes the
+/// queue; workers finish every request already accepted, then exit.
+#[derive(Debug)]
+pub struct Batcher {
+    queue: Option<Sender<Request>>,
+    workers: Vec<JoinHandle<()>>,
+    signature: Arc<ModelSignature>,
+    settings: BatchSettings,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Batcher {
+    /// Starts one worker thread per session.
+    ///
+    /// # Errors
+    /// When a worker thread cannot be spawned.
+    pub fn start(
+        sessions: Vec<Session>,
+        signature: ModelSignature,
+        settings: BatchSettings,
+    ) -> Result<Self> {
+        let (queue, receiver) = crossbeam_channel::bounded(settings.queue_capacity.max(1));
+        let signature = Arc::new(signature);
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let workers = sessions
+            .into_iter()
+            .enumerate()
+            .map(|(index, session)| {
+                let worker = Worker {
+                    session,
+                    receiver: receiver.clone(),
+                    signature: Arc::clone(&signature),
+                    settings,
+                    in_flight: Arc::clone(&in_flight),
+                    buffer: Vec::new(),
+                };
+                std::thread::Builder::new()
+                    .name(format!("ort-worker-{index}"))
+                    .spawn(move || worker.run())
+                    .map_err(|e| Error::Config(format!("failed to start an inference worker: {e}")))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            queue: Some(queue),
+            workers,
+            signature,
+            settings,
+            in_flight,
+        })
+    }
+
+    /// The model signature requests must fit.
+    pub fn signature(&self) -> &ModelSignature {
+        &self.signature
+    }
+
+    /// The batching settings.
+    pub fn settings(&self) -> BatchSettings {
+        self.settings
+    }
+
+    /// Requests waiting in the queue, not yet taken by a worker.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.as_ref().map_or(0, Sender::len)
+    }
+
+    /// Requests accepted and not yet answered (queued or running).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Queues `rows` rows of input (row-major, `rows × input row length` values).
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] when the input does not fit the model, [`Error::QueueFull`]
+    /// when the queue is full, [`Error::Stopped`] after shutdown.
+    pub fn submit(
+        &self,
+        input: Vec<f32>,
+        rows: usize,
+        deadline: Option<Instant>,
+    ) -> Result<oneshot::Receiver<Result<Response>>> {
+        let row_len = self.signature.input.row_len();
+        if rows == 0 {
+            return Err(Error::InvalidRequest(
+                "a request needs at least one row".into(),
+            ));
+        }
+        if input.len() != rows * row_len {
+            return Err(Error::InvalidRequest(format!(
+                "input {:?} has {} values; {rows} rows of shape {:?} need {}",
+                self.signature.input.name,
+                input.len(),
+                self.signature.input.row_shape,
+                rows * row_len
+            )));
+        }
+        let queue = self.queue.as_ref().ok_or(Error::Stopped)?;
+        let (reply, receiver) = oneshot::channel();
+        let request = Request {
+            input,
+            rows,
+            enqueued: Instant::now(),
+            deadline,
+            reply,
+        };
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        match queue.try_send(request) {
+            Ok(()) => Ok(receiver),
+            Err(TrySendError::Full(_)) => {
+                self.in_flight.fetch_sub(1, Ordering::Relaxed);
+                Err(Error::QueueFull(queue.len()))
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.in_flight.fetch_sub(1, Ordering::Relaxed);
+                Err(Error::Stopped)
+            }
+        }
+    }
+
+    /// Runs one request and waits for it, from async code.
+    ///
+    /// # Errors
+    /// As [`Batcher::submit`], plus inference failures and expired deadlines.
+    pub async fn infer(
+        &self,
+        input: Vec<f32>,
+        rows: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Response> {
+        self.submit(input, rows, deadline)?
+            .await
+            .map_err(|_| Error::Stopped)?
+    }
+
+    /// Closes the queue and waits until the workers have answered every accepted request.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.queue = None;
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
+}
+
+impl Drop for Batcher {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Worker {
+    session: Session,
+    receiver: Receiver<Request>,
+    signature: Arc<ModelSignature>,
+    settings: BatchSettings,
+    in_flight: Arc<AtomicUsize>,
+    /// Reused across batches so joining requests does not allocate in steady state.
+    buffer: Vec<f32>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let mut carried: Option<Request> = None;
+        loop {
+            let first = match carried.take() {
+                Some(request) => request,
+                None => match self.receiver.recv() {
+                    Ok(request) => request,
+                    Err(_) => return, // queue closed and drained
+                },
+            };
+            let mut rows = first.rows;
+            let mut batch = vec![first];
+            let close_at = Instant::now() + self.settings.max_delay;
+            while rows < self.settings.max_batch_size {
+                let next = if self.settings.max_delay.is_zero() {
+                    self.receiver.try_recv().ok()
+                } else {
+                    self.receiver.recv_deadline(close_at).ok()
+                };
+                let Some(request) = next else { break };
+                if rows + request.rows > self.settings.max_batch_size {
+                    carried = Some(request);
+                    break;
+                }
+                rows += request.rows;
+                batch.push(request);
+            }
+            let answered = batch.len();
+            self.run_batch(batch);
+            self.in_flight.fetch_sub(answered, Ordering::Relaxed);
+        }
+    }
+
+    fn run_batch(&mut self, batch: Vec<Request>) {
+        let started = Instant::now();
+        let (live, expired): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|r| r.deadline.is_none_or(|d| d > started));
+        for request in expired {
+            let waited = started - request.enqueued;
+            let _ = request.reply.send(Err(Error::DeadlineExceeded(waited)));
+        }
+        if live.is_empty() {
+            return;
+        }
+        let rows: usize = live.iter().map(|r| r.rows).sum();
+        match self.infer(&live, rows) {
+            Ok(per_request) => {
+                for (request, outputs) in live.into_iter().zip(per_request) {
+                    let queued = started - request.enqueued;
+                    let _ = request.reply.send(Ok(Response {
+                        outputs,
+                        batch_rows: rows,
+                        queued,
+                    }));
+                }
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                for request in live {
+                    let _ = request.reply.send(Err(Error::Inference(reason.clone())));
+                }
+            }
+        }
+    }
+
+    /// Runs the joined batch and splits each output back into the requests' rows.
+    fn infer(&mut self, live: &[Request], rows: usize) -> Result<Vec<Vec<Vec<f32>>>> {
+        let failed = |e: ort::Error| Error::Inference(e.to_string());
+        let mut shape = Vec::with_capacity(self.signature.input.row_shape.len() + 1);
+        shape.push(rows as i64);
+        shape.extend_from_slice(&self.signature.input.row_shape);
+        // One request needs no copy; several are joined in the reused buffer.
+        let data: &[f32] = if let [only] = live {
+            &only.input
+        } else {
+            self.buffer.clear();
+            for request in live {
+                self.buffer.extend_from_slice(&request.input);
+            }
+            &self.buffer
+        };
+        let tensor = TensorRef::from_array_view((shape, data)).map_err(failed)?;
+        let input_name = self.signature.input.name.as_str();
+        let outputs = self
+            .session
+            .run(ort::inputs![input_name => tensor])
+            .map_err(failed)?;
+        let mut per_request: Vec<Vec<Vec<f32>>> = live
+            .iter()
+            .map(|_| Vec::with_capacity(self.signature.outputs.len()))
+            .collect();
+        for spec in &self.signature.outputs {
+            let value = outputs
+                .get(&spec.name)
+                .ok_or_else(|| Error::Inference(format!("output {:?} missing", spec.name)))?;
+            let (_, values) = value.try_extract_tensor::<f32>().map_err(failed)?;
+            let row_len = spec.row_len();
+            let mut offset = 0;
+            for (request, outputs) in live.iter().zip(&mut per_request) {
+                let len = request.rows * row_len;
+                let part = values.get(offset..offset + len).ok_or_else(|| {
+                    Error::Inference(format!(
+                        "output {:?} has fewer rows than the batch",
+                        spec.name
+                    ))
+                })?;
+                outputs.push(part.to_vec());
+                offset += len;
+            }
+        }
+        Ok(per_request)
+    }
+}
