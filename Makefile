@@ -4,13 +4,19 @@ SHELL := /bin/bash
 ENV := $(or $(POLICYSERVE_CACHE),$(HOME)/.cache/policyserve)/env.sh
 WITH_ENV := source $(ENV) &&
 
-.PHONY: deps build test lint crds models
+.PHONY: deps build tune test lint crds models
 
 deps:
 	scripts/install-deps.sh
 
 build: deps
 	$(WITH_ENV) cargo build --workspace --release
+
+## The main job: the agent tunes the shipped policy model for this machine and prints the figures.
+tune: deps
+	$(WITH_ENV) cargo build -q --release -p policyserve-agent && \
+	  target/release/policyserve-agent tune --model models/policy-mlp.onnx \
+	    --variant int8=models/policy-mlp.int8.onnx --p99-ms 2 --rps 5000 --memory 512Mi --budget 20s
 
 ## Run every test: unit tests, then the apiserver tests on a fresh local control plane.
 test: deps

@@ -75,10 +75,12 @@ def unsupported_op():
         [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["batch", 64])],
         [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", 16])],
     )
-    return helper.make_model(
+    model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.example.nonexistent", 1)],
     )
+    model.ir_version = 8
+    return model
 
 
 def main():

@@ -432,3 +432,119 @@ pub fn peak_rss_mib() -> Option<f64> {
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    use super::*;
+
+    fn measured(p50: f64, p99: f64, rps: f64, mib: f64) -> Measurement {
+        Measurement {
+            latency_p50_ms: p50,
+            latency_p95_ms: p99,
+            latency_p99_ms: p99,
+            throughput_rps: rps,
+            memory_mib: mib,
+            measured_at: None,
+        }
+    }
+
+    fn targets() -> Targets {
+        Targets {
+            latency_p99_ms: Some(1.0),
+            throughput_rps: Some(5000.0),
+            memory_limit: Some(Quantity("512Mi".into())),
+            ..Targets::default()
+        }
+    }
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let sorted: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&sorted, 0.50), 50.0);
+        assert_eq!(percentile(&sorted, 0.99), 99.0);
+        assert_eq!(percentile(&sorted[..1], 0.99), 1.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn failing_names_each_missed_target_with_its_numbers() {
+        let failing = failing(&targets(), Some(512.0), &measured(0.5, 1.3, 1200.0, 600.0));
+        assert_eq!(
+            failing,
+            vec![
+                "latencyP99Ms 1.300 > 1",
+                "throughputRps 1200 < 5000",
+                "memoryMiB 600.0 > 512.0"
+            ]
+        );
+        assert!(
+            super::failing(&targets(), Some(512.0), &measured(0.2, 0.9, 9000.0, 100.0)).is_empty()
+        );
+    }
+
+    #[test]
+    fn any_feasible_configuration_outranks_every_infeasible_one() {
+        let t = targets();
+        let slow_but_ok = score(&t, Some(512.0), &measured(0.5, 0.9, 100.0, 50.0));
+        let fast_but_late = score(&t, Some(512.0), &measured(0.5, 1.1, 90_000.0, 50.0));
+        let later = score(&t, Some(512.0), &measured(0.5, 3.0, 90_000.0, 50.0));
+        let faster_ok = score(&t, Some(512.0), &measured(0.5, 0.9, 200.0, 50.0));
+        assert!(slow_but_ok > fast_but_late);
+        assert!(fast_but_late > later, "closer to the target ranks higher");
+        assert!(faster_ok > slow_but_ok);
+    }
+
+    #[test]
+    fn neighbours_step_along_ordered_axes_and_try_every_categorical_value() {
+        let space = SearchSpace {
+            execution_providers: vec![vec![policyserve_crds::ExecutionProvider::Cpu]],
+            precisions: vec![
+                policyserve_crds::Precision::Fp32,
+                policyserve_crds::Precision::Int8,
+            ],
+            intra_op_threads: vec![1, 2, 4],
+            instances: vec![1],
+            max_batch_sizes: vec![1, 8, 32],
+            batch_delays_micros: vec![0],
+            memory_arena: vec![true],
+        };
+        let files = ModelFiles::new(
+            "m",
+            std::collections::BTreeMap::from([(
+                policyserve_crds::Precision::Fp32,
+                std::sync::Arc::from(vec![0u8]),
+            )]),
+        )
+        .unwrap();
+        let t = Targets::default();
+        let options = EngineOptions::default();
+        let search = Search::new(
+            &files,
+            &t,
+            &space,
+            &options,
+            MeasureSettings::for_budget(Duration::from_secs(1)),
+        )
+        .unwrap();
+        let neighbours = search.neighbours(&[0, 0, 1, 0, 0, 0, 0, 0]);
+        assert!(
+            neighbours.contains(&vec![0, 1, 1, 0, 0, 0, 0, 0]),
+            "other precision"
+        );
+        assert!(
+            neighbours.contains(&vec![0, 0, 0, 0, 0, 0, 0, 0]),
+            "fewer threads"
+        );
+        assert!(
+            neighbours.contains(&vec![0, 0, 2, 0, 0, 0, 0, 0]),
+            "more threads"
+        );
+        assert!(
+            neighbours.contains(&vec![0, 0, 1, 0, 1, 0, 0, 0]),
+            "bigger batch"
+        );
+        assert_eq!(neighbours.len(), 4);
+    }
+}
