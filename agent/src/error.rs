@@ -72,6 +72,9 @@ pub enum Error {
         /// Why it failed.
         reason: String,
     },
+    /// The agent's own Node does not exist (a wrong `--node-name`); labelling it would create it.
+    #[error("node {0} not found")]
+    NodeNotFound(String),
 }
 
 /// The agent's result type.

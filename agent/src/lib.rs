@@ -7,6 +7,7 @@ pub mod engine;
 mod error;
 pub mod hardware;
 pub mod labels;
+pub mod node;
 pub mod run;
 pub mod telemetry;
 pub mod tune;

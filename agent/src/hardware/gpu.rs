@@ -1,0 +1,151 @@
+//! NVIDIA GPUs through NVML (nvml-wrapper, which loads `libnvidia-ml.so.1` at run time, so the
+//! agent builds and runs without a driver).
+
+use nvml_wrapper::Nvml;
+use nvml_wrapper::error::NvmlError;
+
+use super::{Gpu, Version};
+
+/// What NVML said about this machine's GPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GpuDetection {
+    /// GPUs NVML described.
+    pub gpus: Vec<Gpu>,
+    /// Why the driver, having loaded, failed (then `gpus` holds what it described before).
+    pub error: Option<String>,
+}
+
+impl GpuDetection {
+    /// Asks NVML. No driver library, or a library without a loaded kernel driver, means no GPU;
+    /// any later failure is reported in `error`.
+    pub fn detect() -> Self {
+        let nvml = match Nvml::init() {
+            Ok(nvml) => nvml,
+            Err(e) if means_no_driver(&e) => {
+                tracing::debug!(error = %e, "no NVIDIA driver: no GPUs");
+                return Self::default();
+            }
+            Err(e) => return Self::failed(Vec::new(), "failed to initialise NVML", &e),
+        };
+        let (driver_version, cuda_driver_version) =
+            match (nvml.sys_driver_version(), nvml.sys_cuda_driver_version()) {
+                (Ok(driver), Ok(cuda)) => (driver, cuda_version(cuda)),
+                (Err(e), _) | (_, Err(e)) => {
+                    return Self::failed(Vec::new(), "failed to read the driver version", &e);
+                }
+            };
+        let count = match nvml.device_count() {
+            Ok(count) => count,
+            Err(e) => return Self::failed(Vec::new(), "failed to count GPUs", &e),
+        };
+        let mut gpus = Vec::new();
+        for index in 0..count {
+            match describe(&nvml, index, &driver_version, cuda_driver_version) {
+                Ok(gpu) => gpus.push(gpu),
+                Err(e) => {
+                    return Self::failed(gpus, &format!("failed to describe GPU {index}"), &e);
+                }
+            }
+        }
+        Self { gpus, error: None }
+    }
+
+    fn failed(gpus: Vec<Gpu>, what: &str, error: &NvmlError) -> Self {
+        let error = format!("{what}: {error}");
+        tracing::warn!(%error, "NVIDIA driver loaded but failed");
+        Self {
+            gpus,
+            error: Some(error),
+        }
+    }
+}
+
+/// Errors that say "there is no NVIDIA driver here", as opposed to "the driver is broken".
+fn means_no_driver(error: &NvmlError) -> bool {
+    matches!(
+        error,
+        NvmlError::LibloadingError(_) | NvmlError::LibraryNotFound | NvmlError::DriverNotLoaded
+    )
+}
+
+fn describe(
+    nvml: &Nvml,
+    index: u32,
+    driver_version: &str,
+    cuda_driver_version: Version,
+) -> Result<Gpu, NvmlError> {
+    let device = nvml.device_by_index(index)?;
+    let capability = device.cuda_compute_capability()?;
+    // MIG is a data-centre feature; elsewhere NVML answers NotSupported, which means "no".
+    let mig = match device.mig_mode() {
+        Ok(mode) => Some(mode),
+        Err(NvmlError::NotSupported) => None,
+        Err(e) => return Err(e),
+    };
+    Ok(Gpu {
+        index,
+        product: device.name()?,
+        uuid: device.uuid().ok(),
+        memory_mib: device.memory_info()?.total / (1024 * 1024),
+        compute_capability: Version {
+            major: u32::try_from(capability.major).unwrap_or(0),
+            minor: u32::try_from(capability.minor).unwrap_or(0),
+        },
+        driver_version: driver_version.to_owned(),
+        cuda_driver_version,
+        mig_capable: mig.is_some(),
+        // NVML_DEVICE_MIG_ENABLE is 1.
+        mig_enabled: mig.is_some_and(|mode| mode.current == 1),
+    })
+}
+
+/// NVML's CUDA version integer (`12040`) as `12.4`.
+fn cuda_version(version: i32) -> Version {
+    Version {
+        major: u32::try_from(nvml_wrapper::cuda_driver_version_major(version)).unwrap_or(0),
+        minor: u32::try_from(nvml_wrapper::cuda_driver_version_minor(version)).unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuda_versions_split_into_major_and_minor() {
+        assert_eq!(
+            cuda_version(12040),
+            Version {
+                major: 12,
+                minor: 4
+            }
+        );
+        assert_eq!(
+            cuda_version(11080),
+            Version {
+                major: 11,
+                minor: 8
+            }
+        );
+    }
+
+    #[test]
+    fn a_missing_driver_is_no_gpu_and_a_broken_one_is_an_error() {
+        assert!(means_no_driver(&NvmlError::LibraryNotFound));
+        assert!(means_no_driver(&NvmlError::DriverNotLoaded));
+        assert!(!means_no_driver(&NvmlError::GpuLost));
+        assert!(!means_no_driver(&NvmlError::Unknown));
+    }
+
+    /// On a machine without an NVIDIA driver, detection finds no GPU and no error.
+    #[test]
+    fn detection_without_a_driver_is_quiet() {
+        let has_driver = ["/proc/driver/nvidia/version", "/dev/nvidiactl"]
+            .iter()
+            .any(|p| std::path::Path::new(p).exists());
+        if has_driver {
+            return;
+        }
+        assert_eq!(GpuDetection::detect(), GpuDetection::default());
+    }
+}
