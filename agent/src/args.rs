@@ -29,6 +29,8 @@ pub enum Command {
     Detect(DetectArgs),
     /// Measure a model under candidate engine configurations and choose the best for targets.
     Tune(crate::tune::TuneArgs),
+    /// Serve models over gRPC (KServe V2) without Kubernetes.
+    Serve(crate::serve::ServeArgs),
     /// In a cluster: label this node, then serve the OptimizationProfiles planned for it.
     Run(RunArgs),
 }

@@ -7,6 +7,9 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Detect(args) => policyserve_agent::detect::run(&args),
         Command::Tune(args) => policyserve_agent::tune::run(&args),
+        Command::Serve(args) => {
+            tokio::runtime::Runtime::new()?.block_on(policyserve_agent::serve::run(args))
+        }
         Command::Run(args) => {
             tokio::runtime::Runtime::new()?.block_on(policyserve_agent::run::run(args))
         }

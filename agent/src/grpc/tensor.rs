@@ -1,0 +1,291 @@
+//! V2 tensors to and from the engine's float32 rows. The engine serves float32 models; inputs
+//! of the other numeric V2 datatypes are converted (as a client sending FP64 or INT64
+//! observations would expect), in both the typed `contents` and the raw little-endian form.
+
+use half::f16;
+
+use super::proto::InferTensorContents;
+use super::proto::model_infer_request::InferInputTensor;
+use crate::engine::TensorSpec;
+use crate::{Error, Result};
+
+/// The V2 datatype the engine's tensors have.
+pub const FP32: &str = "FP32";
+
+/// Bytes per element of a V2 datatype the server accepts, or None when it is not numeric.
+fn element_size(datatype: &str) -> Option<usize> {
+    Some(match datatype {
+        "BOOL" | "INT8" | "UINT8" => 1,
+        "FP16" | "INT16" | "UINT16" => 2,
+        "FP32" | "INT32" | "UINT32" => 4,
+        "FP64" | "INT64" | "UINT64" => 8,
+        _ => return None,
+    })
+}
+
+/// Checks `tensor` against the model's input and returns its rows as float32, plus the row
+/// count. `raw` is the tensor's `raw_input_contents` entry when the request uses that form.
+///
+/// # Errors
+/// [`Error::InvalidRequest`] saying what does not fit: name, datatype, shape or size.
+pub fn decode_input(
+    tensor: &InferInputTensor,
+    raw: Option<&[u8]>,
+    spec: &TensorSpec,
+) -> Result<(Vec<f32>, usize)> {
+    let invalid = |message: String| Err(Error::InvalidRequest(message));
+    if tensor.name != spec.name {
+        return invalid(format!(
+            "unexpected input {:?}; the model's input is {:?}",
+            tensor.name, spec.name
+        ));
+    }
+    let Some(size) = element_size(&tensor.datatype) else {
+        return invalid(format!(
+            "input {:?} has datatype {:?}; send FP32 (or another numeric datatype, converted to FP32)",
+            tensor.name, tensor.datatype
+        ));
+    };
+    let expected_shape = || {
+        format!(
+            "[rows, {}]",
+            spec.row_shape
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let Some((&rows, row_shape)) = tensor.shape.split_first() else {
+        return invalid(format!(
+            "input {:?} has no shape; expected {}",
+            tensor.name,
+            expected_shape()
+        ));
+    };
+    if rows < 1 || row_shape != spec.row_shape.as_slice() {
+        return invalid(format!(
+            "input {:?} has shape {:?}; expected {} with rows ≥ 1",
+            tensor.name,
+            tensor.shape,
+            expected_shape()
+        ));
+    }
+    let rows = rows as usize;
+    let count = rows * spec.row_len();
+    let values = match raw {
+        Some(bytes) => {
+            if bytes.len() != count * size {
+                return invalid(format!(
+                    "input {:?}: raw contents are {} bytes; shape {:?} of {} needs {}",
+                    tensor.name,
+                    bytes.len(),
+                    tensor.shape,
+                    tensor.datatype,
+                    count * size
+                ));
+            }
+            from_raw(&tensor.datatype, bytes)
+        }
+        None => from_contents(&tensor.datatype, tensor.contents.as_ref())?,
+    };
+    if values.len() != count {
+        return invalid(format!(
+            "input {:?} carries {} values; shape {:?} needs {count}",
+            tensor.name,
+            values.len(),
+            tensor.shape
+        ));
+    }
+    Ok((values, rows))
+}
+
+fn from_raw(datatype: &str, bytes: &[u8]) -> Vec<f32> {
+    macro_rules! convert {
+        ($t:ty, $n:literal) => {
+            bytes
+                .chunks_exact($n)
+                .map(|c| <$t>::from_le_bytes(c.try_into().unwrap_or([0; $n])) as f32)
+                .collect()
+        };
+    }
+    match datatype {
+        "FP32" => convert!(f32, 4),
+        "FP64" => convert!(f64, 8),
+        "FP16" => bytes
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        "INT8" => bytes.iter().map(|b| f32::from(*b as i8)).collect(),
+        "UINT8" | "BOOL" => bytes.iter().map(|b| f32::from(*b)).collect(),
+        "INT16" => convert!(i16, 2),
+        "UINT16" => convert!(u16, 2),
+        "INT32" => convert!(i32, 4),
+        "UINT32" => convert!(u32, 4),
+        "INT64" => convert!(i64, 8),
+        _ => convert!(u64, 8),
+    }
+}
+
+fn from_contents(datatype: &str, contents: Option<&InferTensorContents>) -> Result<Vec<f32>> {
+    let Some(c) = contents else {
+        return Err(Error::InvalidRequest(
+            "an input carries neither contents nor raw_input_contents".into(),
+        ));
+    };
+    Ok(match datatype {
+        "FP32" => c.fp32_contents.clone(),
+        "FP64" => c.fp64_contents.iter().map(|v| *v as f32).collect(),
+        "BOOL" => c
+            .bool_contents
+            .iter()
+            .map(|v| f32::from(u8::from(*v)))
+            .collect(),
+        "INT8" | "INT16" | "INT32" => c.int_contents.iter().map(|v| *v as f32).collect(),
+        "UINT8" | "UINT16" | "UINT32" => c.uint_contents.iter().map(|v| *v as f32).collect(),
+        "INT64" => c.int64_contents.iter().map(|v| *v as f32).collect(),
+        "UINT64" => c.uint64_contents.iter().map(|v| *v as f32).collect(),
+        // FP16 has no typed field in the protocol: it travels raw only.
+        _ => {
+            return Err(Error::InvalidRequest(format!(
+                "{datatype} inputs must use raw_input_contents; the protocol has no typed field for them"
+            )));
+        }
+    })
+}
+
+/// Raw little-endian bytes of float32 values.
+pub fn to_raw(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> TensorSpec {
+        TensorSpec {
+            name: "obs".into(),
+            row_shape: vec![2],
+        }
+    }
+
+    fn tensor(
+        datatype: &str,
+        shape: Vec<i64>,
+        contents: Option<InferTensorContents>,
+    ) -> InferInputTensor {
+        InferInputTensor {
+            name: "obs".into(),
+            datatype: datatype.into(),
+            shape,
+            contents,
+            ..Default::default()
+        }
+    }
+
+    fn fp32(values: Vec<f32>) -> Option<InferTensorContents> {
+        Some(InferTensorContents {
+            fp32_contents: values,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn typed_and_raw_fp32_decode_to_the_same_rows() {
+        let values = vec![1.0, -2.5, 3.0, 0.25];
+        let typed = decode_input(
+            &tensor(FP32, vec![2, 2], fp32(values.clone())),
+            None,
+            &spec(),
+        )
+        .unwrap();
+        let raw = decode_input(
+            &tensor(FP32, vec![2, 2], None),
+            Some(&to_raw(&values)),
+            &spec(),
+        )
+        .unwrap();
+        assert_eq!(typed, (values.clone(), 2));
+        assert_eq!(raw, (values, 2));
+    }
+
+    #[test]
+    fn other_numeric_datatypes_are_converted_to_fp32() {
+        let int64 = Some(InferTensorContents {
+            int64_contents: vec![1, -2],
+            ..Default::default()
+        });
+        assert_eq!(
+            decode_input(&tensor("INT64", vec![1, 2], int64), None, &spec())
+                .unwrap()
+                .0,
+            vec![1.0, -2.0]
+        );
+        let fp64: Vec<u8> = [0.5f64, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(
+            decode_input(&tensor("FP64", vec![1, 2], None), Some(&fp64), &spec())
+                .unwrap()
+                .0,
+            vec![0.5, 4.0]
+        );
+        let fp16: Vec<u8> = [f16::from_f32(1.5), f16::from_f32(-3.0)]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(
+            decode_input(&tensor("FP16", vec![1, 2], None), Some(&fp16), &spec())
+                .unwrap()
+                .0,
+            vec![1.5, -3.0]
+        );
+    }
+
+    #[test]
+    fn mismatches_are_invalid_arguments_that_say_what_is_wrong() {
+        let cases = [
+            (
+                tensor(FP32, vec![1, 3], fp32(vec![0.0; 3])),
+                None,
+                "expected [rows, 2]",
+            ),
+            (tensor(FP32, vec![0, 2], fp32(vec![])), None, "rows ≥ 1"),
+            (
+                tensor(FP32, vec![2, 2], fp32(vec![0.0; 3])),
+                None,
+                "carries 3 values",
+            ),
+            (
+                tensor("BYTES", vec![1, 2], None),
+                None,
+                "datatype \"BYTES\"",
+            ),
+            (
+                tensor(FP32, vec![1, 2], None),
+                Some(vec![0u8; 7]),
+                "raw contents are 7 bytes",
+            ),
+            (
+                tensor(FP32, vec![1, 2], None),
+                None,
+                "neither contents nor raw",
+            ),
+            (
+                InferInputTensor {
+                    name: "x".into(),
+                    ..tensor(FP32, vec![1, 2], None)
+                },
+                None,
+                "unexpected input \"x\"",
+            ),
+        ];
+        for (input, raw, expected) in cases {
+            let error = decode_input(&input, raw.as_deref(), &spec()).unwrap_err();
+            assert!(matches!(error, Error::InvalidRequest(_)));
+            assert!(
+                error.to_string().contains(expected),
+                "{error} should contain {expected}"
+            );
+        }
+    }
+}

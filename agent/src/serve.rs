@@ -1,0 +1,172 @@
+//! `policyserve-agent serve`: serve models standalone over gRPC, without Kubernetes, and the
+//! gRPC server that in-cluster mode shares.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use policyserve_crds::EngineConfig;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::args::OrtArgs;
+use crate::engine::{Engine, EngineOptions, ModelFiles, runtime};
+use crate::grpc::{GrpcInferenceServiceServer, InferenceService};
+use crate::metrics::Metrics;
+use crate::registry::{ModelRegistry, Models, ServedModel};
+
+/// Arguments of `serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// A model to serve, as NAME=PATH (repeat for more).
+    #[arg(long = "model", required = true, value_parser = parse_named_model)]
+    pub models: Vec<(String, PathBuf)>,
+    /// gRPC listen address (KServe V2 protocol).
+    #[arg(long, env = "POLICYSERVE_GRPC_ADDR", default_value = "0.0.0.0:8001")]
+    pub grpc_addr: SocketAddr,
+    /// Prometheus metrics listen address.
+    #[arg(long, env = "POLICYSERVE_METRICS_ADDR", default_value = "0.0.0.0:8002")]
+    pub metrics_addr: SocketAddr,
+    /// Engine configuration for every model, YAML or JSON (the `chosen.config` that
+    /// `tune --output json` prints); defaults to one instance, one thread, batches up to 32.
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
+    /// Largest gRPC message accepted or sent, bytes.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// Requests that may wait per model before new ones get RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 1024)]
+    pub queue_capacity: usize,
+    /// ONNX Runtime library.
+    #[command(flatten)]
+    pub ort: OrtArgs,
+}
+
+fn parse_named_model(text: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = text
+        .split_once('=')
+        .ok_or("expected NAME=PATH, e.g. lander=models/policy-mlp.onnx")?;
+    if name.is_empty() {
+        return Err("the model name is empty".into());
+    }
+    Ok((name.to_owned(), PathBuf::from(path)))
+}
+
+/// The configuration `serve` uses without `--profile`.
+pub fn default_config() -> EngineConfig {
+    EngineConfig {
+        max_batch_size: 32,
+        ..EngineConfig::default()
+    }
+}
+
+/// Runs `serve` until SIGTERM, then drains: accepted requests are answered before exit.
+///
+/// # Errors
+/// When ONNX Runtime, a model or the profile does not load, or an address cannot be bound.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let ServeArgs {
+        models,
+        grpc_addr,
+        metrics_addr,
+        profile,
+        max_message_bytes,
+        queue_capacity,
+        ort,
+    } = args;
+    runtime::environment(ort.ort_lib.as_deref())?;
+    let config = match &profile {
+        Some(path) => read_profile(path)?,
+        None => default_config(),
+    };
+    let options = EngineOptions {
+        queue_capacity,
+        ..EngineOptions::default()
+    };
+    let registry = Arc::new(ModelRegistry::new());
+    for (name, path) in models {
+        let (config, options) = (config.clone(), options.clone());
+        let model = tokio::task::spawn_blocking(move || -> anyhow::Result<ServedModel> {
+            let files = ModelFiles::read(&name, &path, &[])?;
+            let engine = Engine::load(&files, &config, &options)?;
+            engine.warm_up()?;
+            Ok(ServedModel {
+                name,
+                version: "1".into(),
+                engine,
+            })
+        })
+        .await??;
+        tracing::info!(model = model.name, config = ?model.engine.config(), "model loaded");
+        registry.insert(model);
+    }
+    let metrics = Arc::new(Metrics::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let metrics_server = tokio::spawn(crate::metrics::serve(metrics_addr, Arc::clone(&metrics), {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    }));
+    let listener = TcpListener::bind(grpc_addr)
+        .await
+        .with_context(|| format!("failed to bind {grpc_addr}"))?;
+    serve_grpc(
+        listener,
+        Arc::clone(&registry),
+        metrics,
+        max_message_bytes,
+        crate::shutdown::signal(),
+    )
+    .await?;
+    let _ = stop.send(true);
+    metrics_server.await??;
+    // Dropping the engines joins their workers after the last accepted batch.
+    tokio::task::spawn_blocking(move || drop(registry.clear())).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Reads an engine configuration from YAML or JSON.
+///
+/// # Errors
+/// When the file cannot be read or is not an engine configuration.
+pub fn read_profile(path: &std::path::Path) -> anyhow::Result<EngineConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read {}", path.display()))?;
+    serde_yaml::from_str(&text)
+        .with_context(|| format!("{} is not an engine configuration", path.display()))
+}
+
+/// Serves the V2 protocol and `grpc.health.v1` on `listener` until `shutdown` resolves, then
+/// stops accepting connections and waits for in-flight requests.
+///
+/// # Errors
+/// When the server fails.
+pub async fn serve_grpc<M: Models>(
+    listener: TcpListener,
+    models: Arc<M>,
+    metrics: Arc<Metrics>,
+    max_message_bytes: usize,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<GrpcInferenceServiceServer<InferenceService<M>>>()
+        .await;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "gRPC listening");
+    let service = InferenceService::new(models, metrics).into_server(max_message_bytes);
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            shutdown.await;
+            health
+                .set_not_serving::<GrpcInferenceServiceServer<InferenceService<M>>>()
+                .await;
+        })
+        .await?;
+    Ok(())
+}
