@@ -1,5 +1,7 @@
 //! Logging to stderr, so stdout stays for results (`--output json`).
 
+use std::io::IsTerminal;
+
 /// Installs a tracing subscriber with `filter` (RUST_LOG syntax); falls back to `info`.
 pub fn init(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
@@ -8,5 +10,6 @@ pub fn init(filter: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

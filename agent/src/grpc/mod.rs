@@ -16,6 +16,10 @@ use crate::registry::{Models, ServedModel};
 #[allow(missing_docs, missing_debug_implementations, clippy::all)]
 pub mod proto {
     tonic::include_proto!("inference");
+
+    /// The protocol's encoded `FileDescriptorSet`.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/inference_descriptor.bin"));
 }
 
 use proto::grpc_inference_service_server::GrpcInferenceService;
