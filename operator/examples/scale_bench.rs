@@ -43,7 +43,9 @@ fn options() -> Result<Options> {
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--operator" => options.operator = value,
             "--nodes" => options.nodes = value.parse()?,
@@ -90,8 +92,14 @@ fn node_labels(i: usize, run: &str) -> BTreeMap<String, String> {
         ("policyserve.io/test-run".to_owned(), run.to_owned()),
         ("hw.policyserve.io/cpu-usable".to_owned(), cpus.to_owned()),
         ("hw.policyserve.io/cpu-cores".to_owned(), cpus.to_owned()),
-        ("hw.policyserve.io/memory-usable-mib".to_owned(), memory.to_owned()),
-        ("hw.policyserve.io/source".to_owned(), "simulated".to_owned()),
+        (
+            "hw.policyserve.io/memory-usable-mib".to_owned(),
+            memory.to_owned(),
+        ),
+        (
+            "hw.policyserve.io/source".to_owned(),
+            "simulated".to_owned(),
+        ),
     ]);
     if class == "gpu-accelerated" {
         labels.insert("hw.policyserve.io/gpu.count".into(), "1".into());
@@ -103,7 +111,7 @@ fn node_labels(i: usize, run: &str) -> BTreeMap<String, String> {
 
 fn policy_service(i: usize) -> Result<PolicyService> {
     // A mix: memory limits under and over 1 GiB, one or two replicas, a throughput target.
-    let memory = if i % 3 == 0 { "512Mi" } else { "2Gi" };
+    let memory = if i.is_multiple_of(3) { "512Mi" } else { "2Gi" };
     let min = 1 + i % 2;
     Ok(serde_json::from_value(json!({
         "apiVersion": "policyserve.io/v1alpha1",
@@ -294,16 +302,43 @@ async fn main() -> Result<()> {
 
     println!("| figure | value |");
     println!("|---|---|");
-    println!("| nodes × PolicyServices | {} × {} |", options.nodes, options.services);
+    println!(
+        "| nodes × PolicyServices | {} × {} |",
+        options.nodes, options.services
+    );
     println!("| OptimizationProfiles created | {profile_count} |");
-    println!("| creating the PolicyServices ({PARALLEL} in parallel) | {:.1} s |", created.as_secs_f64());
-    println!("| first create → all ProfilesAssigned=True | {:.1} s |", assigned.as_secs_f64());
-    println!("| reconciles per PolicyService until assigned | {:.2} |", after_assign / services);
-    println!("| agents report → all PerformanceCompliant=True | {:.1} s |", compliant.as_secs_f64());
-    println!("| reconciles per PolicyService, total | {:.2} |", after_measure / services);
-    println!("| reconciles while idle for {idle_seconds:.0} s | {} |", after_idle - after_measure);
-    println!("| operator CPU while idle | {:.2} % of one core |", (cpu_after - cpu_before) / idle_seconds * 100.0);
+    println!(
+        "| creating the PolicyServices ({PARALLEL} in parallel) | {:.1} s |",
+        created.as_secs_f64()
+    );
+    println!(
+        "| first create → all ProfilesAssigned=True | {:.1} s |",
+        assigned.as_secs_f64()
+    );
+    println!(
+        "| reconciles per PolicyService until assigned | {:.2} |",
+        after_assign / services
+    );
+    println!(
+        "| agents report → all PerformanceCompliant=True | {:.1} s |",
+        compliant.as_secs_f64()
+    );
+    println!(
+        "| reconciles per PolicyService, total | {:.2} |",
+        after_measure / services
+    );
+    println!(
+        "| reconciles while idle for {idle_seconds:.0} s | {} |",
+        after_idle - after_measure
+    );
+    println!(
+        "| operator CPU while idle | {:.2} % of one core |",
+        (cpu_after - cpu_before) / idle_seconds * 100.0
+    );
     println!("| operator peak RSS (VmHWM) | {peak_rss_mib:.1} MiB |");
-    println!("| graceful shutdown on SIGTERM | {:.2} s |", shutdown.as_secs_f64());
+    println!(
+        "| graceful shutdown on SIGTERM | {:.2} s |",
+        shutdown.as_secs_f64()
+    );
     Ok(())
 }

@@ -226,6 +226,7 @@ pub async fn run_controller(
     Ok(())
 }
 
+#[tracing::instrument(skip_all, fields(policy_service = %ObjectRef::from_obj(ps.as_ref())))]
 async fn reconcile(ps: Arc<PolicyService>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     let key = ObjectRef::from_obj(ps.as_ref());
