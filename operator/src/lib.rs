@@ -86,9 +86,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 () = stop => {}
             }
         };
-        run_controller(client, config, metrics.clone(), end).await?;
+        let result = run_controller(client, config, metrics.clone(), end).await;
         metrics.set_leader(false);
+        // Release even after a failed start, so a standby need not wait for expiry.
         leadership.release().await;
+        result?;
     }
     server.abort();
     Ok(())
