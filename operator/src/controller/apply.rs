@@ -1,0 +1,160 @@
+//! Apply: OptimizationProfiles by server-side apply under one field manager, surplus profiles
+//! deleted, and the PolicyService status written only when it changed.
+
+use std::sync::Arc;
+
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, Resource, ResourceExt};
+use policyserve_crds::{
+    OptimizationProfile, POLICY_SERVICE_LABEL, PolicyService, PolicyServiceStatus,
+};
+use serde_json::json;
+
+use super::desired::Plan;
+use crate::{Error, Result};
+
+/// The field manager of everything the operator writes.
+pub const FIELD_MANAGER: &str = "policyserve-operator";
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+/// Whether the observed profile already is what the plan wants, so the apply can be skipped
+/// (server-side apply would be a no-op, but still a request per profile per reconcile).
+fn up_to_date(observed: &OptimizationProfile, desired: &OptimizationProfile) -> bool {
+    let labels = observed.labels();
+    let owners = observed.owner_references();
+    observed.spec == desired.spec
+        && desired
+            .labels()
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+        && desired
+            .owner_references()
+            .iter()
+            .all(|o| owners.contains(o))
+}
+
+/// Applies every planned profile that differs from what is observed; returns how many.
+///
+/// # Errors
+/// When the apiserver refuses an apply.
+pub async fn apply_profiles(
+    client: &Client,
+    plan: &Plan,
+    owned: &[Arc<OptimizationProfile>],
+) -> Result<usize> {
+    let mut applied = 0;
+    for assignment in &plan.assignments {
+        let desired = &assignment.object;
+        let name = desired.name_any();
+        if owned
+            .iter()
+            .any(|o| o.name_any() == name && up_to_date(o, desired))
+        {
+            continue;
+        }
+        let namespace = desired
+            .namespace()
+            .ok_or(Error::MissingField("metadata.namespace"))?;
+        Api::<OptimizationProfile>::namespaced(client.clone(), &namespace)
+            .patch(&name, &apply_params(), &Patch::Apply(desired))
+            .await
+            .map_err(Error::kube(format!(
+                "apply OptimizationProfile {namespace}/{name}"
+            )))?;
+        applied += 1;
+    }
+    Ok(applied)
+}
+
+/// Deletes owned profiles the plan no longer wants; returns how many.
+///
+/// # Errors
+/// When a delete fails for another reason than the profile being gone already.
+pub async fn delete_surplus(
+    client: &Client,
+    plan: &Plan,
+    owned: &[Arc<OptimizationProfile>],
+) -> Result<usize> {
+    let mut deleted = 0;
+    for profile in owned {
+        let name = profile.name_any();
+        if plan
+            .assignments
+            .iter()
+            .any(|a| a.object.metadata.name.as_deref() == Some(name.as_str()))
+        {
+            continue;
+        }
+        let namespace = profile
+            .namespace()
+            .ok_or(Error::MissingField("metadata.namespace"))?;
+        match Api::<OptimizationProfile>::namespaced(client.clone(), &namespace)
+            .delete(&name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => deleted += 1,
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => {
+                return Err(Error::kube(format!(
+                    "delete OptimizationProfile {namespace}/{name}"
+                ))(e));
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// Deletes every OptimizationProfile of a PolicyService (the finalizer's cleanup: the garbage
+/// collector may lag or, on a bare apiserver, not run at all).
+///
+/// # Errors
+/// When the apiserver refuses the delete.
+pub async fn delete_all(client: &Client, namespace: &str, policy_service: &str) -> Result<()> {
+    let selector = format!("{POLICY_SERVICE_LABEL}={policy_service}");
+    Api::<OptimizationProfile>::namespaced(client.clone(), namespace)
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels(&selector),
+        )
+        .await
+        .map_err(Error::kube(format!(
+            "delete the OptimizationProfiles of {namespace}/{policy_service}"
+        )))?;
+    Ok(())
+}
+
+/// Writes the status by server-side apply on the status subresource, when it differs from
+/// `previous`; returns whether it wrote. Skipping unchanged writes keeps a steady state free of
+/// requests and of the watch events they would cause.
+///
+/// # Errors
+/// When the apiserver refuses the patch.
+pub async fn write_status(
+    client: &Client,
+    ps: &PolicyService,
+    previous: Option<&PolicyServiceStatus>,
+    status: &PolicyServiceStatus,
+) -> Result<bool> {
+    if previous == Some(status) {
+        return Ok(false);
+    }
+    let namespace = ps
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = ps.name_any();
+    let patch = json!({
+        "apiVersion": PolicyService::api_version(&()),
+        "kind": PolicyService::kind(&()),
+        "status": status,
+    });
+    Api::<PolicyService>::namespaced(client.clone(), &namespace)
+        .patch_status(&name, &apply_params(), &Patch::Apply(patch))
+        .await
+        .map_err(Error::kube(format!(
+            "write the status of PolicyService {namespace}/{name}"
+        )))?;
+    Ok(true)
+}

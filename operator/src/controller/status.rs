@@ -1,0 +1,823 @@
+//! The PolicyService status, computed without I/O from the plan and what the agents wrote into
+//! their OptimizationProfiles. Every condition says Unknown/Measuring until there is a
+//! measurement to judge, and every message carries the figures behind it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+use policyserve_crds::conditions::{
+    self, LATENCY_TARGET_MET, LOADED, MEMORY_WITHIN_LIMIT, PERFORMANCE_COMPLIANT,
+    PROFILES_ASSIGNED, READY, THROUGHPUT_TARGET_MET, status as cs,
+};
+use policyserve_crds::{
+    AGENT_GRPC_PORT, Measurement, NodeStatus, OptimizationProfile, PolicyService,
+    PolicyServiceStatus, ScalingStatus, ServiceEndpoint, Targets, model_name,
+};
+
+use super::desired::{Plan, is_serving};
+use super::validate::Invalid;
+
+/// Condition reasons the operator writes (see docs/conditions.md).
+pub mod reasons {
+    /// ProfilesAssigned=True: every chosen node has its OptimizationProfile.
+    pub const PROFILES_ASSIGNED: &str = "ProfilesAssigned";
+    /// Ready=True: serving on at least minReplicas nodes.
+    pub const SERVING: &str = "Serving";
+    /// Agents are loading, tuning or measuring; nothing to judge yet.
+    pub const MEASURING: &str = "Measuring";
+    /// The measured figures meet the target.
+    pub const TARGETS_MET: &str = "TargetsMet";
+    /// The PolicyService sets no target of this kind.
+    pub const NO_TARGET: &str = "NoTarget";
+    /// A node's measured latency exceeds a latency target.
+    pub const LATENCY_TARGET_MISSED: &str = "LatencyTargetMissed";
+    /// The summed measured throughput is below the target.
+    pub const THROUGHPUT_TARGET_MISSED: &str = "ThroughputTargetMissed";
+    /// A node's measured memory exceeds the memory limit.
+    pub const MEMORY_LIMIT_EXCEEDED: &str = "MemoryLimitExceeded";
+    /// No policyserve node can serve this PolicyService.
+    pub const NO_ELIGIBLE_NODES: &str = "NoEligibleNodes";
+    /// Fewer eligible nodes than minReplicas.
+    pub const NOT_ENOUGH_ELIGIBLE_NODES: &str = "NotEnoughEligibleNodes";
+    /// The spec cannot be planned; the message names the field.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// An agent could not load the model (the message carries the agent's reason).
+    pub const MODEL_LOAD_FAILED: &str = "ModelLoadFailed";
+}
+
+/// How many names a message lists before it says "and N more".
+const LIST_LIMIT: usize = 10;
+
+/// One condition's verdict.
+#[derive(Clone, Debug, PartialEq)]
+struct Verdict {
+    status: &'static str,
+    reason: &'static str,
+    message: String,
+}
+
+fn verdict(status: &'static str, reason: &'static str, message: impl Into<String>) -> Verdict {
+    Verdict {
+        status,
+        reason,
+        message: message.into(),
+    }
+}
+
+/// A planned node as the conditions see it.
+#[derive(Clone, Debug)]
+struct Planned<'a> {
+    node: &'a str,
+    serving: bool,
+    measured: Option<&'a Measurement>,
+    /// (reason, message) of a Loaded=False condition.
+    load_failure: Option<(&'a str, &'a str)>,
+    /// The agent's own MemoryLimitExceeded report, if any.
+    memory_report: Option<&'a str>,
+}
+
+impl Planned<'_> {
+    /// Whether this node will never measure until something changes.
+    fn failed(&self) -> bool {
+        self.load_failure.is_some()
+    }
+}
+
+/// The status for a PolicyService whose spec is invalid: Ready and ProfilesAssigned False,
+/// the rest Unknown, all with reason InvalidSpec. The last plan (nodes, scaling) is kept: the
+/// operator leaves existing profiles alone until the spec is fixed.
+pub fn invalid(ps: &PolicyService, invalid: &Invalid, now: &Time) -> PolicyServiceStatus {
+    let mut status = ps.status.clone().unwrap_or_default();
+    let generation = ps.metadata.generation;
+    status.observed_generation = generation;
+    let message = format!("{invalid}; existing profiles are kept until the spec is fixed");
+    for (type_, value) in [
+        (READY, cs::FALSE),
+        (PROFILES_ASSIGNED, cs::FALSE),
+        (PERFORMANCE_COMPLIANT, cs::UNKNOWN),
+        (LATENCY_TARGET_MET, cs::UNKNOWN),
+        (THROUGHPUT_TARGET_MET, cs::UNKNOWN),
+        (MEMORY_WITHIN_LIMIT, cs::UNKNOWN),
+    ] {
+        conditions::set(
+            &mut status.conditions,
+            type_,
+            value,
+            reasons::INVALID_SPEC,
+            message.clone(),
+            generation,
+            now,
+        );
+    }
+    status
+}
+
+/// The status after a successful apply of `plan`, given the owned profiles (with the agents'
+/// status) that the operator observed.
+pub fn planned(
+    ps: &PolicyService,
+    plan: &Plan,
+    owned: &[Arc<OptimizationProfile>],
+    now: &Time,
+) -> PolicyServiceStatus {
+    let previous = ps.status.clone().unwrap_or_default();
+    let generation = ps.metadata.generation;
+    let by_node: HashMap<&str, &OptimizationProfile> = owned
+        .iter()
+        .map(|p| (p.spec.node_name.as_str(), p.as_ref()))
+        .collect();
+    let planned: Vec<Planned> = plan
+        .assignments
+        .iter()
+        .map(|a| planned_node(&a.node, by_node.get(a.node.as_str()).copied()))
+        .collect();
+    let targets = &ps.spec.targets;
+    let desired = plan.scaling.desired;
+    let limit_mib = targets.memory_limit_mib().ok().flatten();
+
+    let nodes = plan
+        .assignments
+        .iter()
+        .zip(&planned)
+        .map(|(a, p)| {
+            let status = by_node.get(a.node.as_str()).and_then(|o| o.status.as_ref());
+            NodeStatus {
+                node: a.node.clone(),
+                hardware_class: a.class,
+                profile: a.profile,
+                optimization_profile: a.object.name_any(),
+                compliant: p
+                    .measured
+                    .map(|m| node_compliant(m, targets, desired, limit_mib)),
+                chosen: status.and_then(|s| s.chosen.clone()),
+                measured: p.measured.cloned(),
+            }
+        })
+        .collect();
+    let serving = planned.iter().filter(|p| p.serving).count();
+    let serving_replicas = i32::try_from(serving).unwrap_or(i32::MAX);
+    let desired_replicas = i32::try_from(desired).unwrap_or(i32::MAX);
+    let last_decision_time = match &previous.scaling {
+        Some(s) if s.desired_replicas == desired_replicas => s.last_decision_time.clone(),
+        _ => Some(now.clone()),
+    };
+
+    let verdicts = if plan.eligible == 0 {
+        no_eligible_nodes(plan)
+    } else {
+        let latency = latency(targets, &planned);
+        let throughput = throughput(targets, &planned, plan);
+        let memory = memory(limit_mib, &planned);
+        let performance = performance(&[&latency, &throughput, &memory], planned.len());
+        vec![
+            (READY, ready(ps, plan, &planned, serving)),
+            (PROFILES_ASSIGNED, assigned(plan)),
+            (PERFORMANCE_COMPLIANT, performance),
+            (LATENCY_TARGET_MET, latency),
+            (THROUGHPUT_TARGET_MET, throughput),
+            (MEMORY_WITHIN_LIMIT, memory),
+        ]
+    };
+    let mut conditions: Vec<Condition> = previous.conditions.clone();
+    for (type_, v) in verdicts {
+        conditions::set(
+            &mut conditions,
+            type_,
+            v.status,
+            v.reason,
+            v.message,
+            generation,
+            now,
+        );
+    }
+
+    PolicyServiceStatus {
+        observed_generation: generation,
+        conditions,
+        scaling: Some(ScalingStatus {
+            desired_replicas,
+            serving_replicas,
+            reason: plan.scaling.reason.clone(),
+            last_decision_time,
+        }),
+        measured: aggregate(&planned),
+        nodes,
+        endpoint: Some(ServiceEndpoint {
+            service: ps.name_any(),
+            port: i32::from(AGENT_GRPC_PORT),
+            model_name: model_name(&ps.namespace().unwrap_or_default(), &ps.name_any()),
+        }),
+    }
+}
+
+fn planned_node<'a>(node: &'a str, profile: Option<&'a OptimizationProfile>) -> Planned<'a> {
+    let status = profile.and_then(|p| p.status.as_ref());
+    let conditions = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let load_failure = conditions::find(conditions, LOADED)
+        .filter(|c| c.status == cs::FALSE)
+        .map(|c| (c.reason.as_str(), c.message.as_str()));
+    let memory_report = conditions
+        .iter()
+        .find(|c| c.status == cs::FALSE && c.reason == reasons::MEMORY_LIMIT_EXCEEDED)
+        .map(|c| c.message.as_str());
+    Planned {
+        node,
+        serving: profile.is_some_and(is_serving),
+        measured: status.and_then(|s| s.measured.as_ref()),
+        load_failure,
+        memory_report,
+    }
+}
+
+/// Whether one node's figures meet the per-node targets (its share of the throughput).
+fn node_compliant(
+    m: &Measurement,
+    targets: &Targets,
+    desired: u32,
+    limit_mib: Option<f64>,
+) -> bool {
+    let latency_ok = latency_misses(m, targets).is_empty();
+    let memory_ok = limit_mib.is_none_or(|limit| m.memory_mib <= limit);
+    let share = targets
+        .throughput_rps
+        .map(|rps| rps / f64::from(desired.max(1)));
+    let throughput_ok = share.is_none_or(|share| m.throughput_rps >= share);
+    latency_ok && memory_ok && throughput_ok
+}
+
+fn latency_misses(m: &Measurement, targets: &Targets) -> Vec<String> {
+    targets
+        .latency_limits()
+        .filter_map(|(name, limit)| {
+            let value = match name {
+                "latencyP50Ms" => m.latency_p50_ms,
+                "latencyP95Ms" => m.latency_p95_ms,
+                _ => m.latency_p99_ms,
+            };
+            (value > limit).then(|| format!("{name} {value:.2} > {limit:.2}"))
+        })
+        .collect()
+}
+
+/// "a, b, c and 4 more".
+fn list(items: &[String]) -> String {
+    let shown = items
+        .iter()
+        .take(LIST_LIMIT)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    match items.len().saturating_sub(LIST_LIMIT) {
+        0 => shown,
+        more => format!("{shown}; and {more} more"),
+    }
+}
+
+/// Planned nodes still expected to measure; `None` when all that can have measured.
+fn waiting(planned: &[Planned]) -> Option<String> {
+    let expected = planned.iter().filter(|p| !p.failed()).count();
+    let measured = planned.iter().filter(|p| p.measured.is_some()).count();
+    (expected == 0 || measured < expected)
+        .then(|| format!("{measured} of {} planned nodes measured", planned.len()))
+}
+
+fn latency(targets: &Targets, planned: &[Planned]) -> Verdict {
+    let limits: Vec<(&str, f64)> = targets.latency_limits().collect();
+    if limits.is_empty() {
+        return verdict(cs::TRUE, reasons::NO_TARGET, "no latency target set");
+    }
+    let misses: Vec<String> = planned
+        .iter()
+        .filter_map(|p| {
+            let misses = latency_misses(p.measured?, targets);
+            (!misses.is_empty()).then(|| format!("{}: {}", p.node, misses.join(", ")))
+        })
+        .collect();
+    if !misses.is_empty() {
+        return verdict(cs::FALSE, reasons::LATENCY_TARGET_MISSED, list(&misses));
+    }
+    if let Some(waiting) = waiting(planned) {
+        return verdict(cs::UNKNOWN, reasons::MEASURING, waiting);
+    }
+    let worst = |pick: fn(&Measurement) -> f64| {
+        planned
+            .iter()
+            .filter_map(|p| p.measured.map(pick))
+            .fold(0.0, f64::max)
+    };
+    let met: Vec<String> = limits
+        .iter()
+        .map(|(name, limit)| {
+            let value = match *name {
+                "latencyP50Ms" => worst(|m| m.latency_p50_ms),
+                "latencyP95Ms" => worst(|m| m.latency_p95_ms),
+                _ => worst(|m| m.latency_p99_ms),
+            };
+            format!("worst {name} {value:.2} ≤ {limit:.2}")
+        })
+        .collect();
+    verdict(cs::TRUE, reasons::TARGETS_MET, met.join(", "))
+}
+
+fn throughput(targets: &Targets, planned: &[Planned], plan: &Plan) -> Verdict {
+    let Some(target) = targets.throughput_rps else {
+        return verdict(cs::TRUE, reasons::NO_TARGET, "no throughput target set");
+    };
+    let serving: Vec<&Measurement> = planned
+        .iter()
+        .filter(|p| p.serving)
+        .filter_map(|p| p.measured)
+        .collect();
+    let total: f64 = serving.iter().map(|m| m.throughput_rps).sum();
+    let summary = format!(
+        "measured {total:.0} rps on {} serving nodes, target {target:.0} rps",
+        serving.len()
+    );
+    if total >= target {
+        return verdict(cs::TRUE, reasons::TARGETS_MET, summary);
+    }
+    if let Some(unreachable) = &plan.scaling.unreachable
+        && waiting(planned).is_none()
+    {
+        return verdict(
+            cs::FALSE,
+            reasons::THROUGHPUT_TARGET_MISSED,
+            format!("{summary}; {unreachable}"),
+        );
+    }
+    if let Some(waiting) = waiting(planned) {
+        return verdict(
+            cs::UNKNOWN,
+            reasons::MEASURING,
+            format!("{summary}; {waiting}"),
+        );
+    }
+    verdict(
+        cs::FALSE,
+        reasons::THROUGHPUT_TARGET_MISSED,
+        format!("{summary}; scaling: {}", plan.scaling.reason),
+    )
+}
+
+fn memory(limit_mib: Option<f64>, planned: &[Planned]) -> Verdict {
+    let Some(limit) = limit_mib else {
+        return verdict(cs::TRUE, reasons::NO_TARGET, "no memory limit set");
+    };
+    let over: Vec<String> = planned
+        .iter()
+        .filter_map(|p| match (p.memory_report, p.measured) {
+            (Some(report), _) => Some(format!("{}: {report}", p.node)),
+            (None, Some(m)) if m.memory_mib > limit => Some(format!(
+                "{}: {:.0} MiB > {limit:.0} MiB",
+                p.node, m.memory_mib
+            )),
+            _ => None,
+        })
+        .collect();
+    if !over.is_empty() {
+        return verdict(cs::FALSE, reasons::MEMORY_LIMIT_EXCEEDED, list(&over));
+    }
+    if let Some(waiting) = waiting(planned) {
+        return verdict(cs::UNKNOWN, reasons::MEASURING, waiting);
+    }
+    let worst = planned
+        .iter()
+        .filter_map(|p| p.measured.map(|m| m.memory_mib))
+        .fold(0.0, f64::max);
+    verdict(
+        cs::TRUE,
+        reasons::TARGETS_MET,
+        format!("worst {worst:.0} MiB ≤ {limit:.0} MiB"),
+    )
+}
+
+fn performance(parts: &[&Verdict], nodes: usize) -> Verdict {
+    let failed: Vec<&&Verdict> = parts.iter().filter(|v| v.status == cs::FALSE).collect();
+    if let Some(first) = failed.first() {
+        let message = failed
+            .iter()
+            .map(|v| v.message.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        return verdict(cs::FALSE, first.reason, message);
+    }
+    if let Some(unknown) = parts.iter().find(|v| v.status == cs::UNKNOWN) {
+        return verdict(cs::UNKNOWN, reasons::MEASURING, unknown.message.clone());
+    }
+    verdict(
+        cs::TRUE,
+        reasons::TARGETS_MET,
+        format!("all targets met on {nodes} nodes"),
+    )
+}
+
+fn ready(ps: &PolicyService, plan: &Plan, planned: &[Planned], serving: usize) -> Verdict {
+    let min = usize::try_from(ps.spec.placement.min_replicas).unwrap_or(1);
+    let summary = format!(
+        "{serving} of {} planned nodes serving (minReplicas {min})",
+        planned.len()
+    );
+    if serving >= min {
+        return verdict(cs::TRUE, reasons::SERVING, summary);
+    }
+    let failures: Vec<String> = planned
+        .iter()
+        .filter_map(|p| {
+            let (reason, message) = p.load_failure?;
+            Some(format!("{}: {reason}: {message}", p.node))
+        })
+        .collect();
+    if !failures.is_empty() {
+        return verdict(
+            cs::FALSE,
+            reasons::MODEL_LOAD_FAILED,
+            format!("{summary}; {}", list(&failures)),
+        );
+    }
+    if plan.eligible < min {
+        return verdict(
+            cs::FALSE,
+            reasons::NOT_ENOUGH_ELIGIBLE_NODES,
+            format!("{summary}; only {} eligible nodes", plan.eligible),
+        );
+    }
+    verdict(
+        cs::FALSE,
+        reasons::MEASURING,
+        format!("{summary}; agents are loading and tuning"),
+    )
+}
+
+fn exclusions(plan: &Plan) -> String {
+    let mut parts: Vec<String> = plan
+        .excluded
+        .iter()
+        .map(|e| format!("{}: {}", e.node, e.reason))
+        .collect();
+    if plan.unselected > 0 {
+        parts.push(format!(
+            "{} not selected by spec.placement.nodeSelector",
+            plan.unselected
+        ));
+    }
+    list(&parts)
+}
+
+fn assigned(plan: &Plan) -> Verdict {
+    let names: Vec<String> = plan
+        .assignments
+        .iter()
+        .map(|a| format!("{} ({})", a.node, a.profile))
+        .collect();
+    let mut message = format!(
+        "{} of {} eligible nodes: {}",
+        plan.assignments.len(),
+        plan.eligible,
+        list(&names)
+    );
+    if !plan.excluded.is_empty() || plan.unselected > 0 {
+        message.push_str(&format!("; excluded: {}", exclusions(plan)));
+    }
+    verdict(cs::TRUE, reasons::PROFILES_ASSIGNED, message)
+}
+
+fn no_eligible_nodes(plan: &Plan) -> Vec<(&'static str, Verdict)> {
+    let message = if plan.considered == 0 {
+        "no node carries policyserve.io/hardware-class (is the agent DaemonSet running?)".to_owned()
+    } else {
+        format!(
+            "none of {} policyserve nodes can serve: {}",
+            plan.considered,
+            exclusions(plan)
+        )
+    };
+    let unknown = verdict(cs::UNKNOWN, reasons::NO_ELIGIBLE_NODES, message.clone());
+    vec![
+        (
+            READY,
+            verdict(cs::FALSE, reasons::NO_ELIGIBLE_NODES, message.clone()),
+        ),
+        (
+            PROFILES_ASSIGNED,
+            verdict(cs::FALSE, reasons::NO_ELIGIBLE_NODES, message),
+        ),
+        (PERFORMANCE_COMPLIANT, unknown.clone()),
+        (LATENCY_TARGET_MET, unknown.clone()),
+        (THROUGHPUT_TARGET_MET, unknown.clone()),
+        (MEMORY_WITHIN_LIMIT, unknown),
+    ]
+}
+
+/// Throughput summed over serving nodes; the worst node for latencies and memory.
+fn aggregate(planned: &[Planned]) -> Option<Measurement> {
+    let serving: Vec<&Measurement> = planned
+        .iter()
+        .filter(|p| p.serving)
+        .filter_map(|p| p.measured)
+        .collect();
+    if serving.is_empty() {
+        return None;
+    }
+    let worst = |pick: fn(&Measurement) -> f64| serving.iter().map(|m| pick(m)).fold(0.0, f64::max);
+    Some(Measurement {
+        latency_p50_ms: worst(|m| m.latency_p50_ms),
+        latency_p95_ms: worst(|m| m.latency_p95_ms),
+        latency_p99_ms: worst(|m| m.latency_p99_ms),
+        throughput_rps: serving.iter().map(|m| m.throughput_rps).sum(),
+        memory_mib: worst(|m| m.memory_mib),
+        measured_at: serving
+            .iter()
+            .filter_map(|m| m.measured_at.clone())
+            .max_by_key(|t| t.0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use jiff::Timestamp;
+
+    use super::*;
+    use crate::controller::desired::{Settings, plan};
+    use crate::controller::fixtures::{NodeBuilder, PolicyServiceBuilder, ProfileBuilder};
+    use crate::controller::node::NodeFacts;
+    use crate::controller::scaling::History;
+
+    fn now() -> Time {
+        Time(Timestamp::from_second(1_700_000_000).unwrap())
+    }
+
+    fn nodes(n: usize) -> Vec<NodeFacts> {
+        (0..n)
+            .map(|i| {
+                NodeBuilder::new(&format!("node-{i}"))
+                    .class("balanced")
+                    .cpus(8)
+                    .memory_mib(16384)
+                    .build()
+            })
+            .collect()
+    }
+
+    fn status_of(
+        ps: &PolicyService,
+        nodes: &[NodeFacts],
+        profiles: Vec<OptimizationProfile>,
+    ) -> PolicyServiceStatus {
+        let owned: Vec<Arc<OptimizationProfile>> = profiles.into_iter().map(Arc::new).collect();
+        let settings = Settings {
+            tuning_budget_seconds: 30,
+            stabilization_window: Duration::from_secs(60),
+        };
+        let plan = plan(
+            ps,
+            nodes,
+            &owned,
+            &mut History::default(),
+            &settings,
+            now().0,
+        )
+        .unwrap();
+        planned(ps, &plan, &owned, &now())
+    }
+
+    fn condition(status: &PolicyServiceStatus, type_: &str) -> (String, String) {
+        let c = conditions::find(&status.conditions, type_).unwrap();
+        (c.status.clone(), c.reason.clone())
+    }
+
+    fn is(status: &str, reason: &str) -> (String, String) {
+        (status.to_owned(), reason.to_owned())
+    }
+
+    #[test]
+    fn conditions_move_from_measuring_to_met_or_missed_as_agents_report() {
+        let ps = PolicyServiceBuilder::new("ps")
+            .latency_p99(5.0)
+            .throughput(1000.0)
+            .memory_limit("1Gi")
+            .build();
+        let node = || ProfileBuilder::for_node(&ps, "node-0");
+        // (profile as the agent wrote it, Ready, Performance, Latency, Throughput, Memory)
+        let table = [
+            (
+                vec![],
+                is("False", "Measuring"),
+                is("Unknown", "Measuring"),
+                is("Unknown", "Measuring"),
+                is("Unknown", "Measuring"),
+                is("Unknown", "Measuring"),
+            ),
+            (
+                vec![node().serving().build()],
+                is("True", "Serving"),
+                is("Unknown", "Measuring"),
+                is("Unknown", "Measuring"),
+                is("Unknown", "Measuring"),
+                is("Unknown", "Measuring"),
+            ),
+            (
+                vec![node().serving().measured(2000.0, 1.0, 100.0).build()],
+                is("True", "Serving"),
+                is("True", "TargetsMet"),
+                is("True", "TargetsMet"),
+                is("True", "TargetsMet"),
+                is("True", "TargetsMet"),
+            ),
+            (
+                vec![node().serving().measured(2000.0, 9.0, 100.0).build()],
+                is("True", "Serving"),
+                is("False", "LatencyTargetMissed"),
+                is("False", "LatencyTargetMissed"),
+                is("True", "TargetsMet"),
+                is("True", "TargetsMet"),
+            ),
+            (
+                vec![node().serving().measured(2000.0, 1.0, 2048.0).build()],
+                is("True", "Serving"),
+                is("False", "MemoryLimitExceeded"),
+                is("True", "TargetsMet"),
+                is("True", "TargetsMet"),
+                is("False", "MemoryLimitExceeded"),
+            ),
+            (
+                vec![
+                    node()
+                        .load_failed("HashMismatch", "sha256 abc != def")
+                        .build(),
+                ],
+                is("False", "ModelLoadFailed"),
+                is("Unknown", "Measuring"),
+                is("Unknown", "Measuring"),
+                is("Unknown", "Measuring"),
+                is("Unknown", "Measuring"),
+            ),
+        ];
+        for (i, (profiles, ready, performance, latency, throughput, memory)) in
+            table.into_iter().enumerate()
+        {
+            let status = status_of(&ps, &nodes(1), profiles);
+            assert_eq!(condition(&status, READY), ready, "row {i}");
+            assert_eq!(
+                condition(&status, PROFILES_ASSIGNED),
+                is("True", "ProfilesAssigned")
+            );
+            assert_eq!(
+                condition(&status, PERFORMANCE_COMPLIANT),
+                performance,
+                "row {i}"
+            );
+            assert_eq!(condition(&status, LATENCY_TARGET_MET), latency, "row {i}");
+            assert_eq!(
+                condition(&status, THROUGHPUT_TARGET_MET),
+                throughput,
+                "row {i}"
+            );
+            assert_eq!(condition(&status, MEMORY_WITHIN_LIMIT), memory, "row {i}");
+        }
+    }
+
+    #[test]
+    fn a_throughput_target_that_max_replicas_cannot_reach_says_so_with_the_numbers() {
+        let ps = PolicyServiceBuilder::new("ps")
+            .throughput(10000.0)
+            .replicas(1, 2)
+            .build();
+        let profiles = vec![
+            ProfileBuilder::for_node(&ps, "node-0")
+                .serving()
+                .measured(1000.0, 1.0, 10.0)
+                .build(),
+            ProfileBuilder::for_node(&ps, "node-1")
+                .serving()
+                .measured(1000.0, 1.0, 10.0)
+                .build(),
+        ];
+        let status = status_of(&ps, &nodes(3), profiles);
+        let c = conditions::find(&status.conditions, THROUGHPUT_TARGET_MET).unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "ThroughputTargetMissed")
+        );
+        assert!(
+            c.message.contains(
+                "even maxReplicas 2 × 1000 rps measured per node = 2000 rps < target 10000 rps"
+            ),
+            "{}",
+            c.message
+        );
+        assert_eq!(status.scaling.as_ref().unwrap().desired_replicas, 2);
+    }
+
+    #[test]
+    fn without_eligible_nodes_every_condition_says_no_eligible_nodes() {
+        let ps = PolicyServiceBuilder::new("ps").memory_limit("64Gi").build();
+        let status = status_of(&ps, &nodes(2), vec![]);
+        assert_eq!(condition(&status, READY), is("False", "NoEligibleNodes"));
+        assert_eq!(
+            condition(&status, PROFILES_ASSIGNED),
+            is("False", "NoEligibleNodes")
+        );
+        assert_eq!(
+            condition(&status, PERFORMANCE_COMPLIANT),
+            is("Unknown", "NoEligibleNodes")
+        );
+        let message = &conditions::find(&status.conditions, PROFILES_ASSIGNED)
+            .unwrap()
+            .message;
+        assert!(
+            message.contains("node-0: memory-usable-mib 16384 < memoryLimit 65536 MiB"),
+            "{message}"
+        );
+        assert!(status.nodes.is_empty());
+        assert_eq!(status.scaling.unwrap().desired_replicas, 0);
+    }
+
+    #[test]
+    fn an_invalid_spec_sets_ready_and_profiles_assigned_false_naming_the_field() {
+        let ps = PolicyServiceBuilder::new("ps").generation(4).build();
+        let status = invalid(
+            &ps,
+            &Invalid {
+                field: "spec.placement.maxReplicas".into(),
+                message: "maxReplicas 1 is below minReplicas 2".into(),
+            },
+            &now(),
+        );
+        assert_eq!(condition(&status, READY), is("False", "InvalidSpec"));
+        assert_eq!(
+            condition(&status, PROFILES_ASSIGNED),
+            is("False", "InvalidSpec")
+        );
+        let ready = conditions::find(&status.conditions, READY).unwrap();
+        assert!(ready.message.starts_with("spec.placement.maxReplicas: "));
+        assert_eq!(ready.observed_generation, Some(4));
+        assert_eq!(status.observed_generation, Some(4));
+    }
+
+    #[test]
+    fn the_node_table_and_aggregates_come_from_the_agents_figures() {
+        let ps = PolicyServiceBuilder::new("lander")
+            .throughput(3000.0)
+            .replicas(2, 2)
+            .build();
+        let profiles = vec![
+            ProfileBuilder::for_node(&ps, "node-0")
+                .serving()
+                .measured(2000.0, 2.0, 100.0)
+                .build(),
+            ProfileBuilder::for_node(&ps, "node-1")
+                .serving()
+                .measured(1000.0, 4.0, 300.0)
+                .build(),
+        ];
+        let status = status_of(&ps, &nodes(2), profiles);
+        let measured = status.measured.clone().unwrap();
+        assert_eq!(measured.throughput_rps, 3000.0);
+        assert_eq!(measured.latency_p99_ms, 4.0);
+        assert_eq!(measured.memory_mib, 300.0);
+        assert_eq!(status.nodes.len(), 2);
+        assert_eq!(status.nodes[0].optimization_profile, "lander-node-0");
+        assert_eq!(status.nodes[0].compliant, Some(true));
+        assert_eq!(
+            status.nodes[1].compliant,
+            Some(false),
+            "below its 1500 rps share"
+        );
+        assert_eq!(status.scaling.as_ref().unwrap().serving_replicas, 2);
+        let endpoint = status.endpoint.unwrap();
+        assert_eq!((endpoint.service.as_str(), endpoint.port), ("lander", 8001));
+        assert_eq!(endpoint.model_name, "robots.lander");
+    }
+
+    #[test]
+    fn the_decision_time_moves_only_when_the_desired_count_changes() {
+        let earlier = Time(Timestamp::from_second(1_600_000_000).unwrap());
+        let ps = PolicyServiceBuilder::new("ps")
+            .status(PolicyServiceStatus {
+                scaling: Some(ScalingStatus {
+                    desired_replicas: 1,
+                    serving_replicas: 0,
+                    reason: "old".into(),
+                    last_decision_time: Some(earlier.clone()),
+                }),
+                ..PolicyServiceStatus::default()
+            })
+            .build();
+        let status = status_of(&ps, &nodes(1), vec![]);
+        assert_eq!(status.scaling.unwrap().last_decision_time, Some(earlier));
+    }
+
+    #[test]
+    fn recomputing_an_unchanged_status_changes_nothing() {
+        let ps = PolicyServiceBuilder::new("ps").build();
+        let first = status_of(&ps, &nodes(1), vec![]);
+        let again = PolicyServiceBuilder::new("ps")
+            .status(first.clone())
+            .build();
+        assert_eq!(status_of(&again, &nodes(1), vec![]), first);
+    }
+}

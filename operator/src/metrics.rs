@@ -1,0 +1,202 @@
+//! Prometheus metrics and the HTTP endpoint that serves them with the health probes.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::{Error, Result};
+
+/// Label of the error counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    kind: &'static str,
+}
+
+/// The operator's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Counter,
+    errors: Family<ErrorLabels, Counter>,
+    duration: Histogram,
+    leader: Gauge,
+    ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("policyserve_operator");
+        let reconciles = Counter::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        // 1 ms to ~16 s.
+        let duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let leader = Gauge::default();
+        registry.register("reconciles", "PolicyService reconciles", reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by kind (invalid_spec waits for a change; the rest are retried)",
+            errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time per reconcile",
+            duration.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease (or runs without leader election)",
+            leader.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            errors,
+            duration,
+            leader,
+            ready: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one reconcile.
+    pub fn reconciled(&self, took: Duration, error: Option<&Error>) {
+        self.reconciles.inc();
+        self.duration.observe(took.as_secs_f64());
+        if let Some(error) = error {
+            self.errors
+                .get_or_create(&ErrorLabels { kind: error.kind() })
+                .inc();
+        }
+    }
+
+    /// Total reconciles so far.
+    pub fn reconcile_count(&self) -> u64 {
+        self.reconciles.get()
+    }
+
+    /// Marks whether this replica leads.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    /// Marks the replica ready (`/readyz` answers 200).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    fn respond(&self, path: &str) -> Response<Full<Bytes>> {
+        let (status, body) = match path {
+            "/metrics" => (StatusCode::OK, self.encode()),
+            "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
+            "/readyz" if self.ready.load(Ordering::Relaxed) => (StatusCode::OK, "ok\n".to_owned()),
+            "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned()),
+            _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
+        };
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        response
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown` resolves.
+///
+/// # Errors
+/// When the address cannot be bound.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Metrics { addr, source })?;
+    tracing::info!(%addr, "serving metrics and probes");
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "failed to accept a metrics connection");
+                    continue;
+                }
+            },
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let response = metrics.respond(request.uri().path());
+                async move { Ok::<_, Infallible>(response) }
+            });
+            if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%error, "metrics connection ended with an error");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconciles_errors_and_durations_are_exported() {
+        let metrics = Metrics::default();
+        metrics.reconciled(Duration::from_millis(3), None);
+        metrics.reconciled(
+            Duration::from_millis(5),
+            Some(&Error::MissingField("metadata.uid")),
+        );
+        let text = metrics.encode();
+        assert!(
+            text.contains("policyserve_operator_reconciles_total 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("policyserve_operator_reconcile_errors_total{kind=\"missing_field\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("policyserve_operator_reconcile_duration_seconds_count 2"));
+        assert_eq!(metrics.reconcile_count(), 2);
+    }
+
+    #[test]
+    fn readiness_follows_the_flag() {
+        let metrics = Metrics::default();
+        assert_eq!(
+            metrics.respond("/readyz").status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        metrics.set_ready(true);
+        assert_eq!(metrics.respond("/readyz").status(), StatusCode::OK);
+        assert_eq!(metrics.respond("/healthz").status(), StatusCode::OK);
+        assert_eq!(metrics.respond("/nope").status(), StatusCode::NOT_FOUND);
+    }
+}

@@ -1,0 +1,628 @@
+//! Tier 2 (real kube-apiserver + etcd): the operator's controller, run in-process.
+//!
+//! Each test starts its own controller restricted to its namespace and to Nodes carrying its
+//! own `policyserve.io/test-run` label, so tests run in parallel on one apiserver. Nodes are
+//! plain API objects (no kubelet); agents are played by patching OptimizationProfile status.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use policyserve_crds::conditions::{self, PROFILES_ASSIGNED, READY, THROUGHPUT_TARGET_MET};
+use policyserve_crds::{OptimizationProfile, PolicyService};
+use policyserve_operator::leader::{Leadership, LeaseSettings};
+use policyserve_operator::{ControllerConfig, FINALIZER, Metrics, run_controller};
+use policyserve_tests::{client, eventually, install_crds, test_namespace, unique_name};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+const TIMEOUT: Duration = Duration::from_secs(15);
+const RUN_LABEL: &str = "policyserve.io/test-run";
+
+/// One test's world: a namespace, a Node label, and a controller watching only those.
+struct World {
+    client: Client,
+    namespace: String,
+    run: String,
+    _stop: oneshot::Sender<()>,
+}
+
+impl World {
+    async fn start(prefix: &str) -> Result<Self> {
+        let client = client().await?;
+        install_crds(&client).await?;
+        let namespace = test_namespace(&client, prefix).await?;
+        let run = unique_name("run");
+        let config = ControllerConfig {
+            namespace: Some(namespace.clone()),
+            node_selector: Some(format!("{RUN_LABEL}={run}")),
+            scale_down_stabilization: Duration::from_secs(2),
+            ..ControllerConfig::default()
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let controller_client = client.clone();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            if let Err(error) = run_controller(
+                controller_client,
+                config,
+                Arc::new(Metrics::default()),
+                shutdown,
+            )
+            .await
+            {
+                eprintln!("controller failed: {error}");
+            }
+        });
+        Ok(Self {
+            client,
+            namespace,
+            run,
+            _stop: stop,
+        })
+    }
+
+    fn policy_services(&self) -> Api<PolicyService> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn profiles(&self) -> Api<OptimizationProfile> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn nodes(&self) -> Api<Node> {
+        Api::all(self.client.clone())
+    }
+
+    /// Creates a Node labelled as an agent would; returns its (unique) name.
+    async fn node(&self, prefix: &str, class: &str, hw: &[(&str, &str)]) -> Result<String> {
+        let name = unique_name(prefix);
+        let mut labels: BTreeMap<String, String> = hw
+            .iter()
+            .map(|(k, v)| (format!("hw.policyserve.io/{k}"), (*v).to_owned()))
+            .collect();
+        labels.insert("policyserve.io/hardware-class".into(), class.into());
+        labels.insert(RUN_LABEL.into(), self.run.clone());
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": labels}
+        }))?;
+        self.nodes().create(&PostParams::default(), &node).await?;
+        Ok(name)
+    }
+
+    async fn create(&self, ps: Value) -> Result<()> {
+        let ps: PolicyService = serde_json::from_value(ps)?;
+        self.policy_services()
+            .create(&PostParams::default(), &ps)
+            .await?;
+        Ok(())
+    }
+
+    /// Waits until the PolicyService's condition has `status` and `reason`, and returns it.
+    async fn condition(
+        &self,
+        ps: &str,
+        type_: &str,
+        status: &str,
+        reason: &str,
+    ) -> Result<Condition> {
+        let api = self.policy_services();
+        let what = format!("{ps} {type_}={status} ({reason})");
+        let last = Arc::new(std::sync::Mutex::new(None::<Condition>));
+        let found = eventually(&what, TIMEOUT, || {
+            let api = api.clone();
+            let last = last.clone();
+            async move {
+                let current = api.get(ps).await?;
+                let condition = current
+                    .status
+                    .and_then(|s| conditions::find(&s.conditions, type_).cloned());
+                if let Ok(mut seen) = last.lock() {
+                    seen.clone_from(&condition);
+                }
+                Ok(condition.filter(|c| c.status == status && c.reason == reason))
+            }
+        })
+        .await;
+        found.with_context(|| format!("last seen: {:?}", last.lock().ok().and_then(|c| c.clone())))
+    }
+
+    /// Waits until the PolicyService has profiles on exactly `nodes`.
+    async fn profiles_on(&self, ps: &str, nodes: &[&str]) -> Result<Vec<OptimizationProfile>> {
+        let api = self.profiles();
+        let mut wanted: Vec<String> = nodes.iter().map(|n| (*n).to_owned()).collect();
+        wanted.sort();
+        let selector = format!("policyserve.io/policy-service={ps}");
+        eventually(&format!("profiles of {ps} on {wanted:?}"), TIMEOUT, || {
+            let api = api.clone();
+            let (selector, wanted) = (selector.clone(), wanted.clone());
+            async move {
+                let list = api.list(&ListParams::default().labels(&selector)).await?;
+                let mut on: Vec<String> = list
+                    .items
+                    .iter()
+                    .map(|p| p.spec.node_name.clone())
+                    .collect();
+                on.sort();
+                Ok((on == wanted).then_some(list.items))
+            }
+        })
+        .await
+    }
+
+    /// Writes a profile's status as the node's agent would.
+    async fn agent_reports(&self, profile: &str, status: Value) -> Result<()> {
+        self.profiles()
+            .patch_status(
+                profile,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": status })),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+fn condition(type_: &str, status: &str, reason: &str, message: &str) -> Value {
+    json!({
+        "type": type_, "status": status, "reason": reason, "message": message,
+        "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1
+    })
+}
+
+/// An agent's status: serving, with these figures.
+fn serving(rps: f64, p99_ms: f64, memory_mib: f64) -> Value {
+    json!({
+        "observedGeneration": 1,
+        "conditions": [
+            condition("Loaded", "True", "Loaded", "model loaded"),
+            condition("Tuned", "True", "Tuned", "best of 12 candidates"),
+            condition("Serving", "True", "Serving", "serving on 10.0.0.5:8001"),
+        ],
+        "chosen": {"executionProviders": ["CPU"], "precision": "fp32", "intraOpThreads": 1, "maxBatchSize": 8},
+        "measured": {
+            "latencyP50Ms": p99_ms / 2.0, "latencyP95Ms": p99_ms * 0.8, "latencyP99Ms": p99_ms,
+            "throughputRps": rps, "memoryMiB": memory_mib
+        },
+        "endpoint": {"address": "10.0.0.5", "port": 8001, "modelName": "x"}
+    })
+}
+
+fn policy_service(name: &str, targets: Value, placement: Value) -> Value {
+    json!({
+        "apiVersion": "policyserve.io/v1alpha1",
+        "kind": "PolicyService",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"configMap": {"name": "model", "key": "model.onnx"}},
+            "targets": targets,
+            "placement": placement,
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_policy_service_gets_a_profile_on_the_best_node_and_reports_measuring() -> Result<()> {
+    let world = World::start("op-assign").await?;
+    let big = world
+        .node(
+            "big",
+            "high-performance-cpu",
+            &[
+                ("cpu-usable", "32"),
+                ("cpu-cores", "16"),
+                ("memory-usable-mib", "65536"),
+            ],
+        )
+        .await?;
+    world
+        .node(
+            "mid",
+            "balanced",
+            &[("cpu-usable", "4"), ("memory-usable-mib", "16384")],
+        )
+        .await?;
+    world
+        .create(policy_service(
+            "lander",
+            json!({"latencyP99Ms": 5.0, "memoryLimit": "2Gi"}),
+            json!({}),
+        ))
+        .await?;
+
+    let profiles = world.profiles_on("lander", &[&big]).await?;
+    let profile = &profiles[0];
+    assert_eq!(profile.name_any(), format!("lander-{big}"));
+    assert_eq!(profile.labels()["policyserve.io/node"], big);
+    assert_eq!(profile.labels()["policyserve.io/policy-service"], "lander");
+    assert_eq!(profile.spec.profile.as_str(), "HighPerformanceCPU");
+    assert_eq!(
+        profile.spec.search_space.intra_op_threads,
+        vec![1, 2, 4, 8, 16]
+    );
+    let owner = &profile.owner_references()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("PolicyService", "lander", Some(true))
+    );
+    let managers: Vec<String> = profile
+        .managed_fields()
+        .iter()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert_eq!(managers, ["policyserve-operator"]);
+
+    let assigned = world
+        .condition("lander", PROFILES_ASSIGNED, "True", "ProfilesAssigned")
+        .await?;
+    assert!(assigned.message.contains(&big), "{}", assigned.message);
+    world
+        .condition("lander", READY, "False", "Measuring")
+        .await?;
+    world
+        .condition("lander", "PerformanceCompliant", "Unknown", "Measuring")
+        .await?;
+    let ps = world.policy_services().get("lander").await?;
+    assert!(ps.finalizers().iter().any(|f| f == FINALIZER));
+    let status = ps.status.context("status")?;
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(status.nodes.len(), 1);
+    assert_eq!(status.scaling.context("scaling")?.desired_replicas, 1);
+    let endpoint = status.endpoint.context("endpoint")?;
+    assert_eq!(endpoint.model_name, format!("{}.lander", world.namespace));
+    Ok(())
+}
+
+#[tokio::test]
+async fn measured_throughput_scales_out_then_in_after_the_stabilization_window() -> Result<()> {
+    let world = World::start("op-scale").await?;
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(
+            world
+                .node(
+                    "n",
+                    "balanced",
+                    &[("cpu-usable", "4"), ("memory-usable-mib", "8192")],
+                )
+                .await?,
+        );
+    }
+    world
+        .create(policy_service(
+            "swarm",
+            json!({"throughputRps": 5000, "latencyP99Ms": 5.0}),
+            json!({"minReplicas": 1, "maxReplicas": 3, "headroomPercent": 20}),
+        ))
+        .await?;
+    let first = world.profiles_on("swarm", &[&nodes[0]]).await?;
+    assert_eq!(first[0].spec.targets.throughput_rps, Some(5000.0));
+
+    // 5000 × 1.2 ÷ 2000 = 3 nodes.
+    world
+        .agent_reports(&first[0].name_any(), serving(2000.0, 1.0, 200.0))
+        .await?;
+    let all: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    let profiles = world.profiles_on("swarm", &all).await?;
+    assert!(
+        profiles
+            .iter()
+            .all(|p| p.spec.targets.throughput_rps == Some(5000.0 / 3.0))
+    );
+    world
+        .condition("swarm", THROUGHPUT_TARGET_MET, "Unknown", "Measuring")
+        .await?;
+    for profile in &profiles {
+        world
+            .agent_reports(&profile.name_any(), serving(2000.0, 1.0, 200.0))
+            .await?;
+    }
+    let met = world
+        .condition("swarm", THROUGHPUT_TARGET_MET, "True", "TargetsMet")
+        .await?;
+    assert!(
+        met.message.contains("measured 6000 rps on 3 serving nodes"),
+        "{}",
+        met.message
+    );
+    world
+        .condition("swarm", "PerformanceCompliant", "True", "TargetsMet")
+        .await?;
+    world.condition("swarm", READY, "True", "Serving").await?;
+    let ps = world.policy_services().get("swarm").await?;
+    let status = ps.status.context("status")?;
+    assert_eq!(status.measured.context("measured")?.throughput_rps, 6000.0);
+    assert!(status.nodes.iter().all(|n| n.compliant == Some(true)));
+
+    // Faster agents: one node suffices, after the (2 s) window.
+    for profile in &profiles {
+        world
+            .agent_reports(&profile.name_any(), serving(20000.0, 1.0, 200.0))
+            .await?;
+    }
+    world.profiles_on("swarm", &[&nodes[0]]).await?;
+    let ps = world.policy_services().get("swarm").await?;
+    let scaling = ps.status.context("status")?.scaling.context("scaling")?;
+    assert_eq!(scaling.desired_replicas, 1, "{}", scaling.reason);
+
+    let events = Api::<Event>::namespaced(world.client.clone(), &world.namespace)
+        .list(&ListParams::default())
+        .await?;
+    let reasons: Vec<String> = events
+        .items
+        .iter()
+        .filter_map(|e| e.reason.clone())
+        .collect();
+    for reason in ["ProfilesAssigned", "ScaledUp", "TargetsMet", "ScaledDown"] {
+        assert!(
+            reasons.iter().any(|r| r == reason),
+            "no {reason} Event in {reasons:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_target_that_max_replicas_cannot_reach_is_reported_with_the_numbers() -> Result<()> {
+    let world = World::start("op-unreachable").await?;
+    let node = world.node("n", "balanced", &[]).await?;
+    world
+        .create(policy_service(
+            "big-ask",
+            json!({"throughputRps": 10000}),
+            json!({"maxReplicas": 1}),
+        ))
+        .await?;
+    let profiles = world.profiles_on("big-ask", &[&node]).await?;
+    world
+        .agent_reports(&profiles[0].name_any(), serving(1000.0, 1.0, 100.0))
+        .await?;
+    let missed = world
+        .condition(
+            "big-ask",
+            THROUGHPUT_TARGET_MET,
+            "False",
+            "ThroughputTargetMissed",
+        )
+        .await?;
+    assert!(
+        missed.message.contains(
+            "even maxReplicas 1 × 1000 rps measured per node = 1000 rps < target 10000 rps"
+        ),
+        "{}",
+        missed.message
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_gpu_node_joining_is_planned_and_its_removal_unplans_it() -> Result<()> {
+    let world = World::start("op-gpu").await?;
+    world.node("cpu", "balanced", &[]).await?;
+    let mut ps = policy_service("cuda-only", json!({"latencyP99Ms": 2.0}), json!({}));
+    ps["spec"]["tuning"] = json!({"executionProviders": ["CUDA"]});
+    world.create(ps).await?;
+    let none = world
+        .condition("cuda-only", PROFILES_ASSIGNED, "False", "NoEligibleNodes")
+        .await?;
+    assert!(
+        none.message
+            .contains("no GPU for tuning.executionProviders [CUDA]"),
+        "{}",
+        none.message
+    );
+    world
+        .condition("cuda-only", READY, "False", "NoEligibleNodes")
+        .await?;
+
+    let gpu = world
+        .node(
+            "gpu",
+            "gpu-accelerated",
+            &[
+                ("gpu.count", "1"),
+                ("gpu.compute.major", "8"),
+                ("gpu.compute.minor", "0"),
+            ],
+        )
+        .await?;
+    let profiles = world.profiles_on("cuda-only", &[&gpu]).await?;
+    assert_eq!(profiles[0].spec.profile.as_str(), "GPUAccelerated");
+    world
+        .condition("cuda-only", PROFILES_ASSIGNED, "True", "ProfilesAssigned")
+        .await?;
+
+    world.nodes().delete(&gpu, &DeleteParams::default()).await?;
+    world.profiles_on("cuda-only", &[]).await?;
+    world
+        .condition("cuda-only", PROFILES_ASSIGNED, "False", "NoEligibleNodes")
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_node_label_change_makes_a_node_eligible() -> Result<()> {
+    let world = World::start("op-relabel").await?;
+    let node = world
+        .node(
+            "small",
+            "memory-constrained",
+            &[("memory-usable-mib", "512")],
+        )
+        .await?;
+    world
+        .create(policy_service(
+            "hungry",
+            json!({"memoryLimit": "1Gi"}),
+            json!({}),
+        ))
+        .await?;
+    let none = world
+        .condition("hungry", PROFILES_ASSIGNED, "False", "NoEligibleNodes")
+        .await?;
+    assert!(
+        none.message
+            .contains("memory-usable-mib 512 < memoryLimit 1024 MiB"),
+        "{}",
+        none.message
+    );
+
+    world
+        .nodes()
+        .patch(
+            &node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {
+                "hw.policyserve.io/memory-usable-mib": "4096",
+                "policyserve.io/hardware-class": "balanced"
+            }}})),
+        )
+        .await?;
+    let profiles = world.profiles_on("hungry", &[&node]).await?;
+    assert_eq!(profiles[0].spec.hardware_class.as_str(), "balanced");
+    world
+        .condition("hungry", PROFILES_ASSIGNED, "True", "ProfilesAssigned")
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_model_load_failure_reported_by_an_agent_surfaces_as_model_load_failed() -> Result<()> {
+    let world = World::start("op-loadfail").await?;
+    let node = world.node("n", "balanced", &[]).await?;
+    world
+        .create(policy_service(
+            "broken",
+            json!({"latencyP99Ms": 5.0}),
+            json!({}),
+        ))
+        .await?;
+    let profiles = world.profiles_on("broken", &[&node]).await?;
+    world
+        .agent_reports(
+            &profiles[0].name_any(),
+            json!({"conditions": [
+                condition("Loaded", "False", "HashMismatch", "sha256 of the download is 00ff…, expected ab12…"),
+                condition("Serving", "False", "HashMismatch", "not serving"),
+            ]}),
+        )
+        .await?;
+    let ready = world
+        .condition("broken", READY, "False", "ModelLoadFailed")
+        .await?;
+    assert!(
+        ready.message.contains("HashMismatch: sha256"),
+        "{}",
+        ready.message
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_invalid_spec_reports_invalid_spec_naming_the_field_until_fixed() -> Result<()> {
+    let world = World::start("op-invalid").await?;
+    let node = world.node("n", "balanced", &[]).await?;
+    // The CEL rule minReplicas <= maxReplicas is dropped by this 1.20 apiserver, so the
+    // operator is what catches it (as it must on any cluster before 1.25).
+    world
+        .create(policy_service(
+            "upside-down",
+            json!({"latencyP99Ms": 5.0}),
+            json!({"minReplicas": 3, "maxReplicas": 2}),
+        ))
+        .await?;
+    let ready = world
+        .condition("upside-down", READY, "False", "InvalidSpec")
+        .await?;
+    assert!(
+        ready.message.starts_with("spec.placement.maxReplicas: "),
+        "{}",
+        ready.message
+    );
+    world
+        .condition("upside-down", PROFILES_ASSIGNED, "False", "InvalidSpec")
+        .await?;
+    assert!(
+        world
+            .profiles()
+            .list(&ListParams::default())
+            .await?
+            .items
+            .is_empty()
+    );
+
+    world
+        .policy_services()
+        .patch(
+            "upside-down",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"placement": {"minReplicas": 1}}})),
+        )
+        .await?;
+    world.profiles_on("upside-down", &[&node]).await?;
+    let assigned = world
+        .condition("upside-down", PROFILES_ASSIGNED, "True", "ProfilesAssigned")
+        .await?;
+    assert_eq!(assigned.observed_generation, Some(2));
+    Ok(())
+}
+
+#[tokio::test]
+async fn deleting_a_policy_service_deletes_its_profiles_before_it_goes() -> Result<()> {
+    let world = World::start("op-delete").await?;
+    let a = world.node("a", "balanced", &[]).await?;
+    let b = world.node("b", "balanced", &[]).await?;
+    world
+        .create(policy_service(
+            "doomed",
+            json!({"latencyP99Ms": 5.0}),
+            json!({"minReplicas": 2}),
+        ))
+        .await?;
+    world.profiles_on("doomed", &[&a, &b]).await?;
+    world
+        .policy_services()
+        .delete("doomed", &DeleteParams::default())
+        .await?;
+    world.profiles_on("doomed", &[]).await?;
+    let api = world.policy_services();
+    eventually("the PolicyService to be gone", TIMEOUT, || {
+        let api = api.clone();
+        async move { Ok(api.get_opt("doomed").await?.is_none().then_some(())) }
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn of_two_replicas_only_one_leads_and_the_other_takes_over_on_release() -> Result<()> {
+    let client = client().await?;
+    let namespace = test_namespace(&client, "op-lease").await?;
+    let settings = |identity: &str| LeaseSettings {
+        namespace: namespace.clone(),
+        name: "policyserve-operator".into(),
+        identity: identity.into(),
+        duration_seconds: 3,
+    };
+    let mut first = Leadership::contend(client.clone(), &settings("first")).await?;
+    tokio::time::timeout(TIMEOUT, first.acquired()).await?;
+    let mut second = Leadership::contend(client.clone(), &settings("second")).await?;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), second.acquired())
+            .await
+            .is_err(),
+        "the second replica must not lead while the first holds the Lease"
+    );
+    first.release().await;
+    tokio::time::timeout(TIMEOUT, second.acquired()).await?;
+    second.release().await;
+    Ok(())
+}
