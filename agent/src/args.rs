@@ -77,6 +77,35 @@ pub struct RunArgs {
     /// Hardware source.
     #[command(flatten)]
     pub hardware: HardwareArgs,
+    /// gRPC listen address (KServe V2 protocol).
+    #[arg(long, env = "POLICYSERVE_GRPC_ADDR", default_value = "0.0.0.0:8001")]
+    pub grpc_addr: std::net::SocketAddr,
+    /// Prometheus metrics listen address.
+    #[arg(long, env = "POLICYSERVE_METRICS_ADDR", default_value = "0.0.0.0:8002")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// The address clients reach this agent on, written into each profile's endpoint (the
+    /// pod IP); defaults to the gRPC address when that is not 0.0.0.0.
+    #[arg(long, env = "POD_IP")]
+    pub advertise_address: Option<std::net::IpAddr>,
+    /// Folder where downloaded models are cached by digest.
+    #[arg(
+        long,
+        env = "POLICYSERVE_MODEL_CACHE",
+        default_value = "/var/cache/policyserve/models"
+    )]
+    pub model_cache: PathBuf,
+    /// Seconds between re-measurements of a served model.
+    #[arg(long, env = "POLICYSERVE_REVALIDATE_SECONDS", default_value_t = 600)]
+    pub revalidate_seconds: u64,
+    /// Requests that may wait per model before new ones get RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 1024)]
+    pub queue_capacity: usize,
+    /// Largest gRPC message accepted or sent, bytes.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// ONNX Runtime library.
+    #[command(flatten)]
+    pub ort: OrtArgs,
 }
 
 /// Where ONNX Runtime's shared library is.

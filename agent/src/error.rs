@@ -16,6 +16,27 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// A model file could not be fetched (ConfigMap, download or node path).
+    #[error("failed to fetch model from {source_name}: {reason}")]
+    ModelFetch {
+        /// Where it was fetched from.
+        source_name: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// A downloaded model does not have the digest the PolicyService names.
+    #[error("model from {uri} has sha256 {actual}, expected {expected}")]
+    HashMismatch {
+        /// The download address.
+        uri: String,
+        /// The digest in the spec.
+        expected: String,
+        /// The digest of what arrived.
+        actual: String,
+    },
+    /// Serving the model would exceed its memory limit.
+    #[error("{0}")]
+    MemoryLimitExceeded(String),
     /// ONNX Runtime refused the model (corrupt file, unsupported operator, ...).
     #[error("failed to load model {model}: {reason}")]
     ModelLoad {

@@ -73,6 +73,11 @@ impl ModelFiles {
         self.files.keys().copied().collect()
     }
 
+    /// Size of the smallest file, bytes: the least memory any variant can take.
+    pub fn smallest_file_bytes(&self) -> usize {
+        self.files.values().map(|f| f.len()).min().unwrap_or(0)
+    }
+
     /// The bytes to load for `precision` on `providers`. fp16 without an fp16 file is
     /// TensorRT's fp16 mode over the fp32 file.
     fn file_for(&self, precision: Precision, providers: &[ExecutionProvider]) -> Result<&[u8]> {
