@@ -17,7 +17,9 @@ use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 pub use args::Args;
-pub use controller::{ControllerConfig, FIELD_MANAGER, FINALIZER, run_controller};
+pub use controller::{
+    ControllerConfig, EndpointsApi, FIELD_MANAGER, FINALIZER, run_controller, service_name,
+};
 pub use error::{Error, Result};
 pub use metrics::Metrics;
 

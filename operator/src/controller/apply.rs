@@ -1,8 +1,11 @@
-//! Apply: OptimizationProfiles by server-side apply under one field manager, surplus profiles
-//! deleted, and the PolicyService status written only when it changed.
+//! Apply: OptimizationProfiles, the Service and its endpoints by server-side apply under one
+//! field manager, surplus objects deleted, and the PolicyService status written only when it
+//! changed.
 
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use policyserve_crds::{
@@ -11,6 +14,9 @@ use policyserve_crds::{
 use serde_json::json;
 
 use super::desired::Plan;
+use super::service::{
+    EndpointObjects, EndpointsApi, Published, SLICE_MANAGED_BY_LABEL, SLICE_MANAGER,
+};
 use crate::{Error, Result};
 
 /// The field manager of everything the operator writes.
@@ -157,4 +163,145 @@ pub async fn write_status(
             "write the status of PolicyService {namespace}/{name}"
         )))?;
     Ok(true)
+}
+
+/// Which endpoints API the cluster serves: `discovery.k8s.io/v1` EndpointSlices when API
+/// discovery lists them, else (a 404, as on Kubernetes 1.20 and older) core/v1 Endpoints.
+/// Asked once at start; every authenticated user may read discovery.
+///
+/// # Errors
+/// When discovery fails for another reason than the group version being absent.
+pub async fn detect_endpoints_api(client: &Client) -> Result<EndpointsApi> {
+    match client.list_api_group_resources("discovery.k8s.io/v1").await {
+        Ok(list) if list.resources.iter().any(|r| r.name == "endpointslices") => {
+            Ok(EndpointsApi::EndpointSlice)
+        }
+        Ok(_) => Ok(EndpointsApi::Endpoints),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(EndpointsApi::Endpoints),
+        Err(e) => Err(Error::kube("discover the discovery.k8s.io/v1 API")(e)),
+    }
+}
+
+fn namespace_of(meta: &kube::api::ObjectMeta) -> Result<&str> {
+    meta.namespace
+        .as_deref()
+        .ok_or(Error::MissingField("metadata.namespace"))
+}
+
+fn name_of(meta: &kube::api::ObjectMeta) -> Result<&str> {
+    meta.name
+        .as_deref()
+        .ok_or(Error::MissingField("metadata.name"))
+}
+
+/// Applies the Service and its endpoints, and deletes EndpointSlices of this PolicyService that
+/// are no longer wanted (an address family or port that no agent uses any more).
+///
+/// # Errors
+/// When the apiserver refuses an apply, a list or a delete.
+pub async fn apply_published(
+    client: &Client,
+    policy_service: &str,
+    published: &Published,
+) -> Result<()> {
+    let meta = &published.service.metadata;
+    let (namespace, name) = (namespace_of(meta)?, name_of(meta)?);
+    Api::<Service>::namespaced(client.clone(), namespace)
+        .patch(name, &apply_params(), &Patch::Apply(&published.service))
+        .await
+        .map_err(Error::kube(format!("apply Service {namespace}/{name}")))?;
+    match &published.endpoints {
+        EndpointObjects::Endpoints(endpoints) => {
+            let name = name_of(&endpoints.metadata)?;
+            Api::<Endpoints>::namespaced(client.clone(), namespace)
+                .patch(name, &apply_params(), &Patch::Apply(endpoints.as_ref()))
+                .await
+                .map_err(Error::kube(format!("apply Endpoints {namespace}/{name}")))?;
+        }
+        EndpointObjects::Slices(slices) => {
+            let api = Api::<EndpointSlice>::namespaced(client.clone(), namespace);
+            for slice in slices {
+                let name = name_of(&slice.metadata)?;
+                api.patch(name, &apply_params(), &Patch::Apply(slice))
+                    .await
+                    .map_err(Error::kube(format!(
+                        "apply EndpointSlice {namespace}/{name}"
+                    )))?;
+            }
+            let existing = api
+                .list_metadata(&ListParams::default().labels(&slice_selector(policy_service)))
+                .await
+                .map_err(Error::kube(format!(
+                    "list the EndpointSlices of {namespace}/{policy_service}"
+                )))?;
+            for stale in existing.items.iter().filter(|s| {
+                !slices
+                    .iter()
+                    .any(|wanted| wanted.metadata.name == s.metadata.name)
+            }) {
+                let name = name_of(&stale.metadata)?;
+                delete_ignoring_absent(&api, name, &format!("EndpointSlice {namespace}/{name}"))
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn slice_selector(policy_service: &str) -> String {
+    format!("{POLICY_SERVICE_LABEL}={policy_service},{SLICE_MANAGED_BY_LABEL}={SLICE_MANAGER}")
+}
+
+async fn delete_ignoring_absent<K>(api: &Api<K>, name: &str, what: &str) -> Result<()>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(Error::kube(format!("delete {what}"))(e)),
+    }
+}
+
+/// Deletes the Service and its endpoints of a PolicyService (the finalizer's cleanup: the
+/// garbage collector may lag or, on a bare apiserver, not run at all).
+///
+/// # Errors
+/// When the apiserver refuses a delete.
+pub async fn delete_published(
+    client: &Client,
+    namespace: &str,
+    policy_service: &str,
+    service: &str,
+    api: EndpointsApi,
+) -> Result<()> {
+    match api {
+        EndpointsApi::EndpointSlice => {
+            Api::<EndpointSlice>::namespaced(client.clone(), namespace)
+                .delete_collection(
+                    &DeleteParams::default(),
+                    &ListParams::default().labels(&slice_selector(policy_service)),
+                )
+                .await
+                .map_err(Error::kube(format!(
+                    "delete the EndpointSlices of {namespace}/{policy_service}"
+                )))?;
+        }
+        EndpointsApi::Endpoints => {
+            let endpoints = Api::<Endpoints>::namespaced(client.clone(), namespace);
+            delete_ignoring_absent(
+                &endpoints,
+                service,
+                &format!("Endpoints {namespace}/{service}"),
+            )
+            .await?;
+        }
+    }
+    let services = Api::<Service>::namespaced(client.clone(), namespace);
+    delete_ignoring_absent(
+        &services,
+        service,
+        &format!("Service {namespace}/{service}"),
+    )
+    .await
 }

@@ -7,10 +7,10 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use policyserve_crds::conditions::{self, LOADED, SERVING};
 use policyserve_crds::{
-    ConfigMapModel, ExecutionProvider, HardwareClass, Measurement, ModelSource, ModelVariant,
-    OptimizationProfile, OptimizationProfileSpec, OptimizationProfileStatus, PolicyService,
-    PolicyServiceSpec, PolicyServiceStatus, Precision, Profile, ProfileSelection, SearchSpace,
-    Targets, TuningPins, UrlModel, optimization_profile_name,
+    AgentEndpoint, ConfigMapModel, ExecutionProvider, HardwareClass, Measurement, ModelSource,
+    ModelVariant, OptimizationProfile, OptimizationProfileSpec, OptimizationProfileStatus,
+    PolicyService, PolicyServiceSpec, PolicyServiceStatus, Precision, Profile, ProfileSelection,
+    SearchSpace, Targets, TuningPins, UrlModel, optimization_profile_name,
 };
 
 use super::node::NodeFacts;
@@ -241,6 +241,21 @@ impl ProfileBuilder {
                 throughput_rps: rps,
                 memory_mib,
                 measured_at: None,
+            })
+        })
+    }
+    /// Where the agent serves the model, as it reports in `status.endpoint`.
+    pub fn endpoint(self, address: &str, port: i32) -> Self {
+        let model_name = format!(
+            "{}.{}",
+            self.0.metadata.namespace.clone().unwrap_or_default(),
+            self.0.spec.policy_service
+        );
+        self.status(|s| {
+            s.endpoint = Some(AgentEndpoint {
+                address: address.into(),
+                port,
+                model_name,
             })
         })
     }

@@ -9,6 +9,7 @@ mod node;
 mod observe;
 mod scaling;
 mod selector;
+mod service;
 mod status;
 mod validate;
 
@@ -34,6 +35,7 @@ use policyserve_crds::{
 };
 
 pub use apply::FIELD_MANAGER;
+pub use service::{EndpointsApi, service_name};
 pub use status::reasons;
 
 use crate::metrics::Metrics;
@@ -98,6 +100,12 @@ struct Context {
     history: Mutex<HashMap<ObjectRef<PolicyService>, scaling::History>>,
     /// Consecutive transient failures per PolicyService, for the retry backoff.
     failures: Mutex<HashMap<ObjectRef<PolicyService>, u32>>,
+    /// Which API carries the Services' endpoints on this cluster (asked once at start).
+    endpoints_api: EndpointsApi,
+    /// The Service and endpoints last applied per PolicyService, and when: unchanged ones are
+    /// applied again only once a resync interval has passed (repairing edits and deletions by
+    /// others) rather than on every reconcile.
+    published: Mutex<HashMap<ObjectRef<PolicyService>, (service::Published, Instant)>>,
 }
 
 /// The metadata-only view of a Node the controller caches (labels, no status).
@@ -156,6 +164,18 @@ pub async fn run_controller(
         .list_metadata(&ListParams::default().limit(1))
         .await
         .map_err(Error::kube("list PolicyServices (are the CRDs installed?)"))?;
+    let endpoints_api = apply::detect_endpoints_api(&client).await?;
+    match endpoints_api {
+        EndpointsApi::EndpointSlice => tracing::info!(
+            api = endpoints_api.as_str(),
+            "publishing each PolicyService's agents as EndpointSlices of its Service"
+        ),
+        EndpointsApi::Endpoints => tracing::warn!(
+            api = endpoints_api.as_str(),
+            "this cluster serves no discovery.k8s.io/v1; publishing each PolicyService's \
+             agents in a core/v1 Endpoints object named like its Service"
+        ),
+    }
 
     let (node_store, node_writer) = reflector::store();
     let mut tracker = observe::NodeLabelTracker::default();
@@ -206,6 +226,8 @@ pub async fn run_controller(
         metrics,
         history: Mutex::default(),
         failures: Mutex::default(),
+        endpoints_api,
+        published: Mutex::default(),
     });
 
     tracing::info!(namespace = ?namespace, %node_selector, "controller started");
@@ -325,6 +347,9 @@ async fn apply(ps: &PolicyService, ctx: &Context) -> Result<Action> {
     }
     let status = status::planned(ps, &plan, &observed.owned, &time);
     publish(ps, previous.as_ref(), &status, ctx).await?;
+    // After the status, so that a refused Service or endpoints write (retried with backoff)
+    // does not hold back what the agents reported.
+    publish_endpoints(ps, &plan, &observed.owned, ctx).await?;
 
     let resync = ctx.config.resync_interval;
     Ok(match plan.scaling.recheck_after {
@@ -332,6 +357,37 @@ async fn apply(ps: &PolicyService, ctx: &Context) -> Result<Action> {
         Some(wait) => Action::requeue((wait + Duration::from_secs(1)).min(resync)),
         None => Action::requeue(resync),
     })
+}
+
+/// Applies the Service and the endpoints of the planned nodes whose agents serve, unless the
+/// same objects were applied within the resync interval.
+async fn publish_endpoints(
+    ps: &PolicyService,
+    plan: &desired::Plan,
+    owned: &[Arc<OptimizationProfile>],
+    ctx: &Context,
+) -> Result<()> {
+    let planned: Vec<&str> = plan.assignments.iter().map(|a| a.node.as_str()).collect();
+    let backends = service::backends(owned.iter().map(AsRef::as_ref), &planned);
+    let published = service::published(ps, &backends, ctx.endpoints_api)?;
+    let key = ObjectRef::from_obj(ps);
+    let fresh = lock(&ctx.published)
+        .get(&key)
+        .is_some_and(|(last, at)| *last == published && at.elapsed() < ctx.config.resync_interval);
+    if fresh {
+        return Ok(());
+    }
+    // Forget first: after a failed apply the next reconcile must apply again.
+    lock(&ctx.published).remove(&key);
+    apply::apply_published(&ctx.client, &ps.name_any(), &published).await?;
+    tracing::debug!(
+        policy_service = %key,
+        backends = backends.len(),
+        api = ctx.endpoints_api.as_str(),
+        "Service and endpoints applied"
+    );
+    lock(&ctx.published).insert(key, (published, Instant::now()));
+    Ok(())
 }
 
 /// Writes the status when it changed and publishes an Event per decision.
@@ -367,14 +423,26 @@ async fn publish(
     Ok(())
 }
 
-/// The finalizer's cleanup: every OptimizationProfile of the PolicyService goes.
+/// The finalizer's cleanup: every OptimizationProfile of the PolicyService goes, and so do its
+/// Service and endpoints.
 async fn cleanup(ps: &PolicyService, ctx: &Context) -> Result<Action> {
     let namespace = ps
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
-    apply::delete_all(&ctx.client, &namespace, &ps.name_any()).await?;
-    lock(&ctx.history).remove(&ObjectRef::from_obj(ps));
-    tracing::info!(policy_service = %ObjectRef::from_obj(ps), "deleted its OptimizationProfiles");
+    let name = ps.name_any();
+    let key = ObjectRef::from_obj(ps);
+    lock(&ctx.published).remove(&key);
+    apply::delete_published(
+        &ctx.client,
+        &namespace,
+        &name,
+        &service_name(&name),
+        ctx.endpoints_api,
+    )
+    .await?;
+    apply::delete_all(&ctx.client, &namespace, &name).await?;
+    lock(&ctx.history).remove(&key);
+    tracing::info!(policy_service = %key, "deleted its OptimizationProfiles, Service and endpoints");
     Ok(Action::await_change())
 }
 

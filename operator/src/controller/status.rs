@@ -17,6 +17,7 @@ use policyserve_crds::{
 };
 
 use super::desired::{Plan, is_serving};
+use super::service::service_name;
 use super::validate::Invalid;
 
 /// Condition reasons the operator writes (see docs/conditions.md).
@@ -205,7 +206,7 @@ pub fn planned(
         measured: aggregate(&planned),
         nodes,
         endpoint: Some(ServiceEndpoint {
-            service: ps.name_any(),
+            service: service_name(&ps.name_any()),
             port: i32::from(AGENT_GRPC_PORT),
             model_name: model_name(&ps.namespace().unwrap_or_default(), &ps.name_any()),
         }),
