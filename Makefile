@@ -4,7 +4,7 @@ SHELL := /bin/bash
 ENV := $(or $(POLICYSERVE_CACHE),$(HOME)/.cache/policyserve)/env.sh
 WITH_ENV := source $(ENV) &&
 
-.PHONY: deps build tune test lint crds models
+.PHONY: deps build tune test lint lint-rust lint-docker lint-chart docs docs-check crds models
 
 deps:
 	scripts/install-deps.sh
@@ -22,9 +22,26 @@ tune: deps
 test: deps
 	$(WITH_ENV) scripts/with-control-plane.sh cargo test --workspace
 
-lint:
+## Every static check CI runs (after `make deps`).
+lint: lint-rust lint-docker lint-chart docs-check
+
+lint-rust:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+## Dockerfiles, with hadolint from the deps virtualenv (there is no Docker engine to build them).
+lint-docker:
+	$(WITH_ENV) "$$(dirname "$$POLICYSERVE_PYTHON")/hadolint" Dockerfile.operator Dockerfile.agent
+
+lint-chart:
+	$(WITH_ENV) helm lint --strict charts/policyserve
+
+## Regenerate docs/crds.md from the CRDs (run after `make crds`); docs-check fails when stale.
+docs:
+	$(WITH_ENV) "$$POLICYSERVE_PYTHON" scripts/gen-crd-docs.py
+
+docs-check:
+	$(WITH_ENV) "$$POLICYSERVE_PYTHON" scripts/gen-crd-docs.py --check
 
 ## Regenerate charts/policyserve/crds from the Rust types.
 crds:

