@@ -4,7 +4,7 @@ SHELL := /bin/bash
 ENV := $(or $(POLICYSERVE_CACHE),$(HOME)/.cache/policyserve)/env.sh
 WITH_ENV := source $(ENV) &&
 
-.PHONY: deps build tune test lint lint-rust lint-docker lint-chart docs docs-check crds models
+.PHONY: deps build demo tune test lint lint-rust lint-docker lint-chart docs docs-check crds models
 
 deps:
 	scripts/install-deps.sh
@@ -12,7 +12,11 @@ deps:
 build: deps
 	$(WITH_ENV) cargo build --workspace --release
 
-## The main job: the agent tunes the shipped policy model for this machine and prints the figures.
+## The main job: a local control plane with the operator and three agents serving the examples.
+demo: deps
+	scripts/demo.sh
+
+## The agent alone: tunes the shipped policy model for this machine and prints the figures.
 tune: deps
 	$(WITH_ENV) cargo build -q --release -p policyserve-agent && \
 	  target/release/policyserve-agent tune --model models/policy-mlp.onnx \
