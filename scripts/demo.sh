@@ -36,8 +36,9 @@ say "starting a local control plane (kube-apiserver v1.20 + etcd; no kubelet)"
 scripts/control-plane.sh start >/dev/null
 export KUBECONFIG="$CP_RUN_DIR/kubeconfig"
 # Client-side apply: the 1.20 apiserver refuses CEL rules under server-side apply and drops
-# them otherwise (the operator validates the same rules itself).
-kubectl apply -f charts/policyserve/crds/ >/dev/null
+# them otherwise; kubectl's client-side schema check refuses the field (--validate=false).
+# The operator validates the same rules itself.
+kubectl apply --validate=false -f charts/policyserve/crds/ >/dev/null
 kubectl wait --for condition=Established crd --all --timeout=60s >/dev/null
 kubectl create namespace "$NAMESPACE" >/dev/null
 
