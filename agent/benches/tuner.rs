@@ -89,6 +89,11 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 fn main() -> Result<()> {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` does not: stay out of tests.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("a benchmark: run it with `cargo bench` (scripts/bench.sh)");
+        return Ok(());
+    }
     let options = options()?;
     runtime::environment(None)
         .context("set ORT_DYLIB_PATH (source ~/.cache/policyserve/env.sh)")?;
