@@ -4,7 +4,7 @@ SHELL := /bin/bash
 ENV := $(or $(POLICYSERVE_CACHE),$(HOME)/.cache/policyserve)/env.sh
 WITH_ENV := source $(ENV) &&
 
-.PHONY: deps build tune test lint crds models
+.PHONY: deps build tune test lint crds models bench
 
 deps:
 	scripts/install-deps.sh
@@ -21,6 +21,11 @@ tune: deps
 ## Run every test: unit tests, then the apiserver tests on a fresh local control plane.
 test: deps
 	$(WITH_ENV) scripts/with-control-plane.sh cargo test --workspace
+
+## Benchmarks of docs/benchmarks.md (engine vs ONNX Runtime, tuner, serving load vs KServe).
+## Needs the bench requirements: "$$POLICYSERVE_PYTHON" -m pip install -r scripts/requirements-bench.txt
+bench: deps
+	scripts/bench.sh
 
 lint:
 	cargo fmt --all -- --check
