@@ -4,7 +4,7 @@ SHELL := /bin/bash
 ENV := $(or $(POLICYSERVE_CACHE),$(HOME)/.cache/policyserve)/env.sh
 WITH_ENV := source $(ENV) &&
 
-.PHONY: deps build demo tune test lint lint-rust lint-docker lint-chart docs docs-check crds models
+.PHONY: deps build demo tune test bench lint lint-rust lint-docker lint-chart docs docs-check crds models
 
 deps:
 	scripts/install-deps.sh
@@ -25,6 +25,11 @@ tune: deps
 ## Run every test: unit tests, then the apiserver tests on a fresh local control plane.
 test: deps
 	$(WITH_ENV) scripts/with-control-plane.sh cargo test --workspace
+
+## Benchmarks of docs/benchmarks.md (engine vs ONNX Runtime, tuner, serving load vs KServe).
+## Needs the bench requirements: "$$POLICYSERVE_PYTHON" -m pip install -r scripts/requirements-bench.txt
+bench: deps
+	scripts/bench.sh
 
 ## Every static check CI runs (after `make deps`).
 lint: lint-rust lint-docker lint-chart docs-check
