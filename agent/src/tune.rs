@@ -10,7 +10,8 @@ use policyserve_crds::{NodeCapacity, Precision, ProfileSelection, SearchSpace, T
 use serde::Serialize;
 
 use crate::args::{HardwareArgs, OrtArgs, OutputFormat};
-use crate::engine::{EngineOptions, ModelFiles, runtime};
+use crate::engine::{EngineOptions, GpuOptions, ModelFiles, runtime};
+use crate::hardware::Hardware;
 use crate::tuner::{self, Candidate, MeasureSettings, TuneReport};
 
 /// Arguments of `tune`.
@@ -55,6 +56,10 @@ pub struct TuneArgs {
     /// Hardware source.
     #[command(flatten)]
     pub hardware: HardwareArgs,
+    /// Base folder of TensorRT engine caches (default: policyserve-tensorrt in the temporary
+    /// folder); each GPU model, driver, ONNX Runtime and TensorRT version gets its own.
+    #[arg(long = "tensorrt-cache", env = "POLICYSERVE_TENSORRT_CACHE")]
+    pub tensorrt_cache: Option<PathBuf>,
 }
 
 fn parse_variant(text: &str) -> Result<(Precision, PathBuf), String> {
@@ -99,13 +104,15 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
         output,
         ort,
         hardware,
+        tensorrt_cache,
         ..
     } = args;
     let targets = targets(args);
     targets.memory_limit_mib().context("--memory")?;
     runtime::environment(ort.ort_lib.as_deref())?;
     let files = read_model(model, variants)?;
-    let (class, profile, space) = plan(hardware, *profile, &targets, &files)?;
+    let hw = crate::hardware::load(hardware)?;
+    let (class, profile, space) = plan(&hw, *profile, &targets, &files);
     if *output == OutputFormat::Table {
         println!(
             "model {} · class {class} · profile {profile} · {} configurations · budget {}",
@@ -127,7 +134,13 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
             let _ = std::io::stdout().flush();
         }
     };
-    let options = EngineOptions::default();
+    let tensorrt_base = tensorrt_cache
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("policyserve-tensorrt"));
+    let options = EngineOptions {
+        gpu: GpuOptions::for_node(&hw, &tensorrt_base, ort.ort_lib.as_deref()),
+        ..EngineOptions::default()
+    };
     let report = if *exhaustive {
         let settings = MeasureSettings::for_budget(*budget);
         tuner::exhaustive(&files, &targets, &space, &options, settings, &mut progress)?
@@ -177,16 +190,15 @@ fn read_model(
 
 /// The hardware class, the profile and its search space on this machine.
 fn plan(
-    hardware: &HardwareArgs,
+    hw: &Hardware,
     selection: ProfileSelection,
     targets: &Targets,
     files: &ModelFiles,
-) -> anyhow::Result<(
+) -> (
     policyserve_crds::HardwareClass,
     policyserve_crds::Profile,
     SearchSpace,
-)> {
-    let hw = crate::hardware::load(hardware)?;
+) {
     let class = hw.class();
     let profile = selection.resolve(class, targets);
     let usable_cpus = hw.usable_cpus().floor().max(1.0) as u32;
@@ -201,7 +213,7 @@ fn plan(
             .filter(|p| *p != Precision::Fp32)
             .collect(),
     };
-    Ok((class, profile, profile.search_space(&capacity)))
+    (class, profile, profile.search_space(&capacity))
 }
 
 /// One table row per candidate.
