@@ -50,6 +50,10 @@ pub struct TuneArgs {
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+    /// Also write the JSON object of `--output json` to this file (a table for people on
+    /// stdout and the figures for programs from one run).
+    #[arg(long = "json-out")]
+    pub json_out: Option<PathBuf>,
     /// ONNX Runtime library.
     #[command(flatten)]
     pub ort: OrtArgs,
@@ -102,6 +106,7 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
         profile,
         exhaustive,
         output,
+        json_out,
         ort,
         hardware,
         tensorrt_cache,
@@ -147,18 +152,20 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
     } else {
         tuner::quick_search(&files, &targets, &space, &options, *budget, &mut progress)?
     };
+    let json = serde_json::to_string_pretty(&TuneOutput {
+        model: model.display().to_string(),
+        targets: &targets,
+        hardware_class: class.to_string(),
+        profile: profile.to_string(),
+        search_space: &space,
+        report: &report,
+    })?;
+    if let Some(path) = json_out {
+        std::fs::write(path, format!("{json}\n"))
+            .with_context(|| format!("failed to write {}", path.display()))?;
+    }
     match output {
-        OutputFormat::Json => {
-            let out = TuneOutput {
-                model: model.display().to_string(),
-                targets: &targets,
-                hardware_class: class.to_string(),
-                profile: profile.to_string(),
-                search_space: &space,
-                report: &report,
-            };
-            println!("{}", serde_json::to_string_pretty(&out)?);
-        }
+        OutputFormat::Json => println!("{json}"),
         OutputFormat::Table => print_summary(&report),
     }
     Ok(())
