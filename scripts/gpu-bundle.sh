@@ -81,7 +81,7 @@ if [ "$WITH_GPU" = yes ]; then
     echo "GPU libraries (onnxruntime-gpu $ORT_VERSION)"
     for f in "$OUT"/ort-gpu/*; do
       printf '%-10s ort-gpu/%s\n' "$(size "$f")" "$(basename "$f")"
-      printf '           needs: %s\n' "$(needed "$f" | grep -Ev '^(libc|libm|libdl|librt|libpthread|libgcc_s|libstdc\+\+|ld-linux)' | tr '\n' ' ')"
+      printf '           needs: %s\n' "$(needed "$f" | grep -Ev '^((libc|libm|libdl|librt|libpthread|libgcc_s|libstdc\+\+)\.so|ld-linux)' | tr '\n' ' ')"
     done
     cudart="$(needed "$OUT/ort-gpu/libonnxruntime_providers_cuda.so" | sed -n 's/^libcudart\.so\.\([0-9]*\)$/\1/p')"
     echo "CUDA provider built against CUDA ${cudart:-unknown} (libcudart.so.${cudart:-?})"
