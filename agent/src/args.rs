@@ -106,6 +106,14 @@ pub struct RunArgs {
     /// ONNX Runtime library.
     #[command(flatten)]
     pub ort: OrtArgs,
+    /// Base folder of TensorRT engine caches; each GPU model, driver, ONNX Runtime and
+    /// TensorRT version gets a folder of its own below it.
+    #[arg(
+        long = "tensorrt-cache",
+        env = "POLICYSERVE_TENSORRT_CACHE",
+        default_value = crate::engine::gpu::DEFAULT_TENSORRT_CACHE
+    )]
+    pub tensorrt_cache: PathBuf,
 }
 
 /// Where ONNX Runtime's shared library is.

@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-use crate::args::RunArgs;
-use crate::engine::{EngineOptions, runtime};
+use crate::args::{HardwareArgs, RunArgs};
+use crate::engine::{EngineOptions, GpuOptions, runtime};
 use crate::fetch::Fetcher;
 use crate::metrics::Metrics;
 use crate::profiles::{ProfileServer, ProfileServerConfig};
@@ -49,8 +49,10 @@ pub async fn serve_node(
         queue_capacity,
         max_message_bytes,
         ort,
+        tensorrt_cache,
     } = args;
     runtime::environment(ort.ort_lib.as_deref())?;
+    let gpu = gpu_options(&hardware, tensorrt_cache, ort.ort_lib.clone()).await;
     let address = advertise_address
         .or_else(|| (!grpc_addr.ip().is_unspecified()).then(|| grpc_addr.ip()))
         .context("set --advertise-address (POD_IP): the address clients reach this agent on")?;
@@ -67,8 +69,8 @@ pub async fn serve_node(
             port: listener.local_addr()?.port(),
             revalidate: Duration::from_secs(revalidate_seconds.max(1)),
             engine: EngineOptions {
+                gpu,
                 queue_capacity,
-                ..EngineOptions::default()
             },
         },
         Arc::clone(&registry),
@@ -107,4 +109,36 @@ pub async fn serve_node(
     tokio::task::spawn_blocking(move || drop(registry.clear())).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The node's GPU memory limit and TensorRT cache, from the hardware as detected at start. A
+/// GPU appearing later is labelled by re-detection and served after a restart.
+async fn gpu_options(
+    hardware: &HardwareArgs,
+    tensorrt_base: std::path::PathBuf,
+    ort_lib: Option<std::path::PathBuf>,
+) -> GpuOptions {
+    let hardware = hardware.clone();
+    let detected = tokio::task::spawn_blocking(move || crate::hardware::load(&hardware)).await;
+    match detected {
+        Ok(Ok(hw)) => {
+            let options = GpuOptions::for_node(&hw, &tensorrt_base, ort_lib.as_deref());
+            if let Some(dir) = &options.tensorrt_cache_dir {
+                tracing::info!(
+                    gpu_memory_limit_bytes = options.memory_limit_bytes,
+                    tensorrt_cache = %dir.display(),
+                    "GPU settings"
+                );
+            }
+            options
+        }
+        Ok(Err(e)) => {
+            tracing::warn!("hardware not detected, no GPU settings: {e}");
+            GpuOptions::default()
+        }
+        Err(e) => {
+            tracing::warn!("hardware detection failed, no GPU settings: {e}");
+            GpuOptions::default()
+        }
+    }
 }

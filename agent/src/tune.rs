@@ -10,7 +10,8 @@ use policyserve_crds::{NodeCapacity, Precision, ProfileSelection, SearchSpace, T
 use serde::Serialize;
 
 use crate::args::{HardwareArgs, OrtArgs, OutputFormat};
-use crate::engine::{EngineOptions, ModelFiles, runtime};
+use crate::engine::{EngineOptions, GpuOptions, ModelFiles, runtime};
+use crate::hardware::Hardware;
 use crate::tuner::{self, Candidate, MeasureSettings, TuneReport};
 
 /// Arguments of `tune`.
@@ -49,12 +50,20 @@ pub struct TuneArgs {
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+    /// Also write the JSON object of `--output json` to this file (a table for people on
+    /// stdout and the figures for programs from one run).
+    #[arg(long = "json-out")]
+    pub json_out: Option<PathBuf>,
     /// ONNX Runtime library.
     #[command(flatten)]
     pub ort: OrtArgs,
     /// Hardware source.
     #[command(flatten)]
     pub hardware: HardwareArgs,
+    /// Base folder of TensorRT engine caches (default: policyserve-tensorrt in the temporary
+    /// folder); each GPU model, driver, ONNX Runtime and TensorRT version gets its own.
+    #[arg(long = "tensorrt-cache", env = "POLICYSERVE_TENSORRT_CACHE")]
+    pub tensorrt_cache: Option<PathBuf>,
 }
 
 fn parse_variant(text: &str) -> Result<(Precision, PathBuf), String> {
@@ -97,15 +106,18 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
         profile,
         exhaustive,
         output,
+        json_out,
         ort,
         hardware,
+        tensorrt_cache,
         ..
     } = args;
     let targets = targets(args);
     targets.memory_limit_mib().context("--memory")?;
     runtime::environment(ort.ort_lib.as_deref())?;
     let files = read_model(model, variants)?;
-    let (class, profile, space) = plan(hardware, *profile, &targets, &files)?;
+    let hw = crate::hardware::load(hardware)?;
+    let (class, profile, space) = plan(&hw, *profile, &targets, &files);
     if *output == OutputFormat::Table {
         println!(
             "model {} · class {class} · profile {profile} · {} configurations · budget {}",
@@ -127,25 +139,33 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
             let _ = std::io::stdout().flush();
         }
     };
-    let options = EngineOptions::default();
+    let tensorrt_base = tensorrt_cache
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("policyserve-tensorrt"));
+    let options = EngineOptions {
+        gpu: GpuOptions::for_node(&hw, &tensorrt_base, ort.ort_lib.as_deref()),
+        ..EngineOptions::default()
+    };
     let report = if *exhaustive {
         let settings = MeasureSettings::for_budget(*budget);
         tuner::exhaustive(&files, &targets, &space, &options, settings, &mut progress)?
     } else {
         tuner::quick_search(&files, &targets, &space, &options, *budget, &mut progress)?
     };
+    let json = serde_json::to_string_pretty(&TuneOutput {
+        model: model.display().to_string(),
+        targets: &targets,
+        hardware_class: class.to_string(),
+        profile: profile.to_string(),
+        search_space: &space,
+        report: &report,
+    })?;
+    if let Some(path) = json_out {
+        std::fs::write(path, format!("{json}\n"))
+            .with_context(|| format!("failed to write {}", path.display()))?;
+    }
     match output {
-        OutputFormat::Json => {
-            let out = TuneOutput {
-                model: model.display().to_string(),
-                targets: &targets,
-                hardware_class: class.to_string(),
-                profile: profile.to_string(),
-                search_space: &space,
-                report: &report,
-            };
-            println!("{}", serde_json::to_string_pretty(&out)?);
-        }
+        OutputFormat::Json => println!("{json}"),
         OutputFormat::Table => print_summary(&report),
     }
     Ok(())
@@ -177,16 +197,15 @@ fn read_model(
 
 /// The hardware class, the profile and its search space on this machine.
 fn plan(
-    hardware: &HardwareArgs,
+    hw: &Hardware,
     selection: ProfileSelection,
     targets: &Targets,
     files: &ModelFiles,
-) -> anyhow::Result<(
+) -> (
     policyserve_crds::HardwareClass,
     policyserve_crds::Profile,
     SearchSpace,
-)> {
-    let hw = crate::hardware::load(hardware)?;
+) {
     let class = hw.class();
     let profile = selection.resolve(class, targets);
     let usable_cpus = hw.usable_cpus().floor().max(1.0) as u32;
@@ -201,7 +220,7 @@ fn plan(
             .filter(|p| *p != Precision::Fp32)
             .collect(),
     };
-    Ok((class, profile, profile.search_space(&capacity)))
+    (class, profile, profile.search_space(&capacity))
 }
 
 /// One table row per candidate.

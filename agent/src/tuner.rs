@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use policyserve_crds::{EngineConfig, Measurement, SearchSpace, Targets};
+use policyserve_crds::{EngineConfig, ExecutionProvider, Measurement, SearchSpace, Targets};
 use serde::Serialize;
 
 use crate::engine::{Engine, EngineOptions, ModelFiles};
@@ -403,11 +403,29 @@ pub fn measure(engine: &Engine, settings: MeasureSettings) -> Result<Measurement
         latency_p95_ms: percentile(&latencies, 0.95),
         latency_p99_ms: percentile(&latencies, 0.99),
         throughput_rps: latencies.len() as f64 / elapsed.as_secs_f64(),
-        memory_mib: peak_rss_mib().unwrap_or(0.0),
+        memory_mib: peak_rss_mib().unwrap_or(0.0) + gpu_memory_mib(config),
         measured_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             jiff::Timestamp::now(),
         )),
     })
+}
+
+/// GPU memory this process holds when `config` runs on a GPU provider, else 0: Measurement's
+/// memory is the resident set plus GPU memory where a GPU serves. No driver counts 0.
+fn gpu_memory_mib(config: &EngineConfig) -> f64 {
+    if serves_on_gpu(config) {
+        crate::hardware::process_gpu_memory_mib().unwrap_or(0.0)
+    } else {
+        0.0
+    }
+}
+
+/// Whether CUDA or TensorRT is among the providers in effect.
+fn serves_on_gpu(config: &EngineConfig) -> bool {
+    config
+        .execution_providers
+        .iter()
+        .any(|p| matches!(p, ExecutionProvider::Cuda | ExecutionProvider::TensorRT))
 }
 
 /// The `q` quantile of sorted latencies, in milliseconds (nearest rank).
@@ -546,5 +564,24 @@ mod tests {
             "bigger batch"
         );
         assert_eq!(neighbours.len(), 4);
+    }
+
+    #[test]
+    fn gpu_memory_counts_only_where_a_gpu_provider_is_in_effect() {
+        let on = |providers: Vec<ExecutionProvider>| EngineConfig {
+            execution_providers: providers,
+            ..EngineConfig::default()
+        };
+        assert!(!serves_on_gpu(&on(vec![ExecutionProvider::Cpu])));
+        assert!(serves_on_gpu(&on(vec![
+            ExecutionProvider::Cuda,
+            ExecutionProvider::Cpu
+        ])));
+        assert!(serves_on_gpu(&on(vec![
+            ExecutionProvider::TensorRT,
+            ExecutionProvider::Cpu
+        ])));
+        // A CPU configuration adds nothing, whatever the machine has.
+        assert_eq!(gpu_memory_mib(&on(vec![ExecutionProvider::Cpu])), 0.0);
     }
 }

@@ -122,6 +122,7 @@ impl Cluster {
             queue_capacity: 1024,
             max_message_bytes: 16 * 1024 * 1024,
             ort: OrtArgs { ort_lib: None },
+            tensorrt_cache: std::env::temp_dir().join(format!("policyserve-tensorrt-{node}")),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let client = self.client.clone();

@@ -2,6 +2,7 @@
 //! [`EngineConfig`], and the dynamic batcher that serves them.
 
 mod batcher;
+pub mod gpu;
 pub mod model;
 pub mod runtime;
 mod session;

@@ -116,9 +116,19 @@ fn register(
             available::<ep::TensorRT>("TensorRT")?;
             let mut trt = ep::TensorRT::default().with_fp16(config.precision == Precision::Fp16);
             if let Some(dir) = &gpu.tensorrt_cache_dir {
-                trt = trt
-                    .with_engine_cache(true)
-                    .with_engine_cache_path(dir.display());
+                // Created here, once TensorRT is known to load, so CPU nodes never make it. An
+                // unwritable cache costs engine builds at each load, not TensorRT itself.
+                match std::fs::create_dir_all(dir) {
+                    Ok(()) => {
+                        trt = trt
+                            .with_engine_cache(true)
+                            .with_engine_cache_path(dir.display());
+                    }
+                    Err(e) => tracing::warn!(
+                        dir = %dir.display(),
+                        "TensorRT engine cache unavailable, engines are rebuilt at each load: {e}"
+                    ),
+                }
             }
             trt.build()
         }

@@ -1,7 +1,10 @@
 //! NVIDIA GPUs through NVML (nvml-wrapper, which loads `libnvidia-ml.so.1` at run time, so the
 //! agent builds and runs without a driver).
 
+use std::sync::OnceLock;
+
 use nvml_wrapper::Nvml;
+use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::error::NvmlError;
 
 use super::{Gpu, Version};
@@ -58,6 +61,38 @@ impl GpuDetection {
             error: Some(error),
         }
     }
+}
+
+/// GPU memory this process holds, summed over every GPU, MiB: what NVML lists for our pid
+/// among each device's running compute processes. `None` without a driver or when NVML cannot
+/// say (then measurements count resident memory only); `Some(0.0)` when a driver is there but
+/// this process holds no GPU memory.
+///
+/// NVML reports memory in use now, not a peak; ONNX Runtime's CUDA arena keeps what it has
+/// grown to, so after a measurement window the two are close.
+pub fn process_memory_mib() -> Option<f64> {
+    static NVML: OnceLock<Option<Nvml>> = OnceLock::new();
+    let nvml = NVML.get_or_init(|| Nvml::init().ok()).as_ref()?;
+    let pid = std::process::id();
+    let mut bytes = 0u64;
+    for index in 0..nvml.device_count().ok()? {
+        let Ok(device) = nvml.device_by_index(index) else {
+            continue;
+        };
+        // A GPU that cannot list processes (NotSupported on some boards) holds none we know of.
+        let Ok(processes) = device.running_compute_processes() else {
+            continue;
+        };
+        bytes += processes
+            .iter()
+            .filter(|p| p.pid == pid)
+            .map(|p| match p.used_gpu_memory {
+                UsedGpuMemory::Used(used) => used,
+                UsedGpuMemory::Unavailable => 0,
+            })
+            .sum::<u64>();
+    }
+    Some(bytes as f64 / (1024.0 * 1024.0))
 }
 
 /// Errors that say "there is no NVIDIA driver here", as opposed to "the driver is broken".
@@ -147,5 +182,18 @@ mod tests {
             return;
         }
         assert_eq!(GpuDetection::detect(), GpuDetection::default());
+    }
+
+    /// Without a driver there is no GPU memory to add to a measurement, and asking is no error.
+    #[test]
+    fn process_gpu_memory_without_a_driver_is_none() {
+        let has_driver = ["/proc/driver/nvidia/version", "/dev/nvidiactl"]
+            .iter()
+            .any(|p| std::path::Path::new(p).exists());
+        if has_driver {
+            eprintln!("skipped: an NVIDIA driver is present; this test is about its absence");
+            return;
+        }
+        assert_eq!(process_memory_mib(), None);
     }
 }

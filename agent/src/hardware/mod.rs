@@ -15,7 +15,7 @@ use policyserve_crds::HardwareClass;
 use serde::{Deserialize, Serialize};
 
 pub use cpu::{CpuFlag, CpuIdentity};
-pub use gpu::GpuDetection;
+pub use gpu::{GpuDetection, process_memory_mib as process_gpu_memory_mib};
 pub use limits::{CpuLimits, MemoryInfo};
 pub use topology::Topology;
 

@@ -1,0 +1,78 @@
+//! `scripts/gpu-check.sh` on a machine without a GPU: it must run the CPU part within a tiny
+//! budget, say that the GPU part was skipped, and exit 0, so that the script handed to a GPU
+//! machine is known to work up to the GPU itself. On a machine with an NVIDIA driver the script
+//! would run the GPU part, which is that machine's job, so the test is skipped there.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[test]
+fn gpu_check_without_a_gpu_runs_the_cpu_part_and_says_the_gpu_part_was_skipped() {
+    if Path::new("/proc/driver/nvidia/version").exists() {
+        eprintln!("skipped: an NVIDIA driver is present; run scripts/gpu-check.sh itself");
+        return;
+    }
+    let Some(ort) = std::env::var_os("ORT_DYLIB_PATH") else {
+        eprintln!("skipped: ORT_DYLIB_PATH is not set (source ~/.cache/policyserve/env.sh)");
+        return;
+    };
+    // The bundle scripts/gpu-bundle.sh would make, from this build.
+    let bundle = tempfile::tempdir().unwrap();
+    let b = bundle.path();
+    std::fs::create_dir_all(b.join("models")).unwrap();
+    std::fs::create_dir_all(b.join("ort-cpu")).unwrap();
+    std::fs::copy(
+        env!("CARGO_BIN_EXE_policyserve-agent"),
+        b.join("policyserve-agent"),
+    )
+    .unwrap();
+    for model in ["policy-mlp.onnx", "policy-mlp-large.onnx"] {
+        std::fs::copy(
+            workspace().join("models").join(model),
+            b.join("models").join(model),
+        )
+        .unwrap();
+    }
+    std::fs::copy(&ort, b.join("ort-cpu/libonnxruntime.so.1.31.1")).unwrap();
+    let out = b.join("out");
+
+    let run = Command::new("bash")
+        .arg(workspace().join("scripts/gpu-check.sh"))
+        .arg(b)
+        .env("GPU_CHECK_BUDGET", "2s")
+        .env("GPU_CHECK_OUT", &out)
+        .env_remove("ORT_DYLIB_PATH")
+        .env_remove("ORT_GPU_DIR")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("no GPU: GPU part skipped"), "{stdout}");
+    assert!(stdout.contains("hardware class"), "detect ran: {stdout}");
+    for model in ["policy-mlp", "policy-mlp-large"] {
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join(format!("cpu-{model}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert!(
+            report["chosen"]["measured"]["throughputRps"]
+                .as_f64()
+                .unwrap()
+                > 0.0
+        );
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("{model} ")) && l.contains(" cpu ")),
+            "a side-by-side row for {model}: {stdout}"
+        );
+    }
+    let detect: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("detect.json")).unwrap()).unwrap();
+    assert_eq!(detect["gpus"], serde_json::json!([]));
+}
