@@ -31,12 +31,10 @@ cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
 echo "== build (release)"
-cargo build --release -q -p policyserve-agent --bin policyserve-agent --example loadgen \
-  --example serve_nodelay
+cargo build --release -q -p policyserve-agent --bin policyserve-agent --example loadgen
 cargo bench -q -p policyserve-agent --no-run --bench engine --bench tuner 2>/dev/null
 # Private copies: the target dir may be shared with other builds.
-cp "$TARGET/release/policyserve-agent" "$TARGET/release/examples/loadgen" \
-  "$TARGET/release/examples/serve_nodelay" "$OUT/"
+cp "$TARGET/release/policyserve-agent" "$TARGET/release/examples/loadgen" "$OUT/"
 
 echo "== machine"
 echo "$(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
@@ -68,16 +66,10 @@ rss() { # pid -> "VmHWM VmRSS" in MiB
 LOADGEN=("$OUT/loadgen" --model policy --concurrency 1,2,4,8,16,32,64 --duration "$STEP"
   --warm-up "$WARM" --open-fraction 0.5 --threads 1)
 
-serve_agent() { # label profile-file [probe]
-  if [[ ${3:-} == nodelay ]]; then
-    # The same server with TCP_NODELAY on accepted sockets (agent/examples/serve_nodelay.rs).
-    "$OUT/serve_nodelay" --model "policy=$ROOT/models/policy-mlp.onnx" \
-      --grpc-addr 127.0.0.1:18001 --profile "$2" >"$OUT/agent-$1.log" 2>&1 &
-  else
-    "$OUT/policyserve-agent" serve --model "policy=$ROOT/models/policy-mlp.onnx" \
-      --grpc-addr 127.0.0.1:18001 --metrics-addr 127.0.0.1:18002 --profile "$2" \
-      >"$OUT/agent-$1.log" 2>&1 &
-  fi
+serve_agent() { # label profile-file
+  "$OUT/policyserve-agent" serve --model "policy=$ROOT/models/policy-mlp.onnx" \
+    --grpc-addr 127.0.0.1:18001 --metrics-addr 127.0.0.1:18002 --profile "$2" \
+    >"$OUT/agent-$1.log" 2>&1 &
   local pid=$!
   PIDS+=("$pid")
   wait_for_port 18001 "$pid"
@@ -100,7 +92,6 @@ if [[ ${SKIP_B:-0} != 1 ]]; then
   echo "fixed profile: $(tr -d ' \n' <bench/agent-profile.json)"
   serve_agent tuned "$OUT/profile-tuned.json"
   serve_agent fixed "$ROOT/bench/agent-profile.json"
-  serve_agent fixed-nodelay "$ROOT/bench/agent-profile.json" nodelay
 
   # KServe's Python server, default settings but for the ports (the defaults may be taken).
   "$POLICYSERVE_PYTHON" bench/kserve_server.py --model_name policy \
@@ -123,7 +114,7 @@ out = sys.argv[1]
 load = lambda name: json.load(open(f"{out}/load-{name}.json"))
 kserve = load("kserve")
 c16 = lambda r: next(s["rps"] for s in r["steps"] if s["mode"] == "closed" and s["concurrency"] == 16)
-for name in ("tuned", "fixed", "fixed-nodelay"):
+for name in ("tuned", "fixed"):
     agent = load(name)
     open_step = next(s for s in agent["steps"] if s["mode"] == "open")
     hwm = float(open(f"{out}/rss-{name}.txt").read().split()[0])

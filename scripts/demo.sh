@@ -80,6 +80,9 @@ sed "s#https://models.example.com/policies/#http://127.0.0.1:18080/#" examples/p
   kubectl apply -n "$NAMESPACE" -f - >/dev/null
 sed "s#/var/lib/policyserve/models/#$ROOT/models/#" examples/policyservice-path.yaml |
   kubectl apply -n "$NAMESPACE" -f - >/dev/null
+# One example served by all three nodes, so each hardware class shows its own choice.
+kubectl patch policyservice cartpole -n "$NAMESPACE" --type merge \
+  -p '{"spec":{"placement":{"minReplicas":3}}}' >/dev/null
 kubectl get policyservices -n "$NAMESPACE"
 
 say "waiting for the agents to tune and report (budget ${DEMO_TUNING_BUDGET_SECONDS}s per profile)"

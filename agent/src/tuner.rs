@@ -398,12 +398,13 @@ pub fn measure(engine: &Engine, settings: MeasureSettings) -> Result<Measurement
     let elapsed = started.elapsed();
     let mut latencies: Vec<Duration> = per_client?.into_iter().flatten().collect();
     latencies.sort_unstable();
+    // Rounded to what the figures can resolve, so status and printer columns stay readable.
     Ok(Measurement {
-        latency_p50_ms: percentile(&latencies, 0.50),
-        latency_p95_ms: percentile(&latencies, 0.95),
-        latency_p99_ms: percentile(&latencies, 0.99),
-        throughput_rps: latencies.len() as f64 / elapsed.as_secs_f64(),
-        memory_mib: peak_rss_mib().unwrap_or(0.0) + gpu_memory_mib(config),
+        latency_p50_ms: round(percentile(&latencies, 0.50), 4),
+        latency_p95_ms: round(percentile(&latencies, 0.95), 4),
+        latency_p99_ms: round(percentile(&latencies, 0.99), 4),
+        throughput_rps: round(latencies.len() as f64 / elapsed.as_secs_f64(), 0),
+        memory_mib: round(peak_rss_mib().unwrap_or(0.0) + gpu_memory_mib(config), 1),
         measured_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             jiff::Timestamp::now(),
         )),
@@ -426,6 +427,11 @@ fn serves_on_gpu(config: &EngineConfig) -> bool {
         .execution_providers
         .iter()
         .any(|p| matches!(p, ExecutionProvider::Cuda | ExecutionProvider::TensorRT))
+}
+
+fn round(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
 }
 
 /// The `q` quantile of sorted latencies, in milliseconds (nearest rank).

@@ -157,6 +157,7 @@ impl Engine {
             max_batch_size: config.max_batch_size as usize,
             max_delay: Duration::from_micros(config.batch_delay_micros),
             queue_capacity: options.queue_capacity,
+            spin: config.spinning,
         };
         let mut effective = config.clone();
         // fp16 over the fp32 file exists only on TensorRT: report what really runs.
