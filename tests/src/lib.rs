@@ -168,3 +168,29 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The label each test puts on its Nodes, so that the controller it starts plans only those.
+pub const RUN_LABEL: &str = "policyserve.io/test-run";
+
+/// Starts the operator's controller in-process on a task of the test's runtime; it stops when
+/// the returned sender is dropped. Tests restrict it (`config.namespace`, and
+/// `config.node_selector` on [`RUN_LABEL`]) so that parallel tests do not see each other.
+pub fn start_controller(
+    client: &Client,
+    config: policyserve_operator::ControllerConfig,
+) -> tokio::sync::oneshot::Sender<()> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let client = client.clone();
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let metrics = std::sync::Arc::new(policyserve_operator::Metrics::default());
+        if let Err(error) =
+            policyserve_operator::run_controller(client, config, metrics, shutdown).await
+        {
+            eprintln!("controller failed: {error}");
+        }
+    });
+    stop
+}

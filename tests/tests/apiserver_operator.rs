@@ -17,13 +17,14 @@ use kube::{Client, ResourceExt};
 use policyserve_crds::conditions::{self, PROFILES_ASSIGNED, READY, THROUGHPUT_TARGET_MET};
 use policyserve_crds::{OptimizationProfile, PolicyService};
 use policyserve_operator::leader::{Leadership, LeaseSettings};
-use policyserve_operator::{ControllerConfig, FINALIZER, Metrics, run_controller};
-use policyserve_tests::{client, eventually, install_crds, test_namespace, unique_name};
+use policyserve_operator::{ControllerConfig, FINALIZER};
+use policyserve_tests::{
+    RUN_LABEL, client, eventually, install_crds, start_controller, test_namespace, unique_name,
+};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
-const RUN_LABEL: &str = "policyserve.io/test-run";
 
 /// One test's world: a namespace, a Node label, and a controller watching only those.
 struct World {
@@ -45,23 +46,7 @@ impl World {
             scale_down_stabilization: Duration::from_secs(2),
             ..ControllerConfig::default()
         };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let controller_client = client.clone();
-        tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stopped.await;
-            };
-            if let Err(error) = run_controller(
-                controller_client,
-                config,
-                Arc::new(Metrics::default()),
-                shutdown,
-            )
-            .await
-            {
-                eprintln!("controller failed: {error}");
-            }
-        });
+        let stop = start_controller(&client, config);
         Ok(Self {
             client,
             namespace,

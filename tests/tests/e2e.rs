@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -22,15 +21,15 @@ use policyserve_agent::grpc::proto::model_infer_request::InferInputTensor;
 use policyserve_agent::grpc::proto::{InferTensorContents, ModelInferRequest};
 use policyserve_crds::conditions::{self, LOADED, PERFORMANCE_COMPLIANT, READY, SERVING};
 use policyserve_crds::{OptimizationProfile, PolicyService};
-use policyserve_operator::{ControllerConfig, Metrics, run_controller};
+use policyserve_operator::ControllerConfig;
 use policyserve_tests::{
-    client, eventually, install_crds, test_namespace, unique_name, workspace_root,
+    RUN_LABEL, client, eventually, install_crds, start_controller, test_namespace, unique_name,
+    workspace_root,
 };
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
-const RUN_LABEL: &str = "policyserve.io/test-run";
 
 struct Agent {
     stop: oneshot::Sender<()>,
@@ -63,23 +62,7 @@ impl Cluster {
             scale_down_stabilization: Duration::from_secs(2),
             ..ControllerConfig::default()
         };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let operator_client = client.clone();
-        tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stopped.await;
-            };
-            if let Err(e) = run_controller(
-                operator_client,
-                config,
-                Arc::new(Metrics::default()),
-                shutdown,
-            )
-            .await
-            {
-                eprintln!("operator failed: {e}");
-            }
-        });
+        let stop = start_controller(&client, config);
         Ok(Self {
             client,
             namespace,
