@@ -72,10 +72,10 @@ impl<M: Models> InferenceService<M> {
         request: Request<ModelInferRequest>,
     ) -> Result<ModelInferResponse, Status> {
         let deadline = grpc_deadline(&request);
-        let request = request.into_inner();
+        let mut request = request.into_inner();
         let model = self.find(&request.model_name, &request.model_version)?;
         let signature = model.engine.signature();
-        let [input] = request.inputs.as_slice() else {
+        let [input] = request.inputs.as_mut_slice() else {
             return Err(Status::invalid_argument(format!(
                 "model {:?} takes one input ({:?}); the request has {}",
                 model.name,

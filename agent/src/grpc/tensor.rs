@@ -25,11 +25,12 @@ fn element_size(datatype: &str) -> Option<usize> {
 
 /// Checks `tensor` against the model's input and returns its rows as float32, plus the row
 /// count. `raw` is the tensor's `raw_input_contents` entry when the request uses that form.
+/// Typed FP32 contents are moved out of `tensor`, not copied.
 ///
 /// # Errors
 /// [`Error::InvalidRequest`] saying what does not fit: name, datatype, shape or size.
 pub fn decode_input(
-    tensor: &InferInputTensor,
+    tensor: &mut InferInputTensor,
     raw: Option<&[u8]>,
     spec: &TensorSpec,
 ) -> Result<(Vec<f32>, usize)> {
@@ -87,7 +88,7 @@ pub fn decode_input(
             }
             from_raw(&tensor.datatype, bytes)
         }
-        None => from_contents(&tensor.datatype, tensor.contents.as_ref())?,
+        None => from_contents(&tensor.datatype, tensor.contents.as_mut())?,
     };
     if values.len() != count {
         return invalid(format!(
@@ -127,14 +128,15 @@ fn from_raw(datatype: &str, bytes: &[u8]) -> Vec<f32> {
     }
 }
 
-fn from_contents(datatype: &str, contents: Option<&InferTensorContents>) -> Result<Vec<f32>> {
+fn from_contents(datatype: &str, contents: Option<&mut InferTensorContents>) -> Result<Vec<f32>> {
     let Some(c) = contents else {
         return Err(Error::InvalidRequest(
             "an input carries neither contents nor raw_input_contents".into(),
         ));
     };
     Ok(match datatype {
-        "FP32" => c.fp32_contents.clone(),
+        // Moved, not copied: the request is consumed.
+        "FP32" => std::mem::take(&mut c.fp32_contents),
         "FP64" => c.fp64_contents.iter().map(|v| *v as f32).collect(),
         "BOOL" => c
             .bool_contents
@@ -195,13 +197,13 @@ mod tests {
     fn typed_and_raw_fp32_decode_to_the_same_rows() {
         let values = vec![1.0, -2.5, 3.0, 0.25];
         let typed = decode_input(
-            &tensor(FP32, vec![2, 2], fp32(values.clone())),
+            &mut tensor(FP32, vec![2, 2], fp32(values.clone())),
             None,
             &spec(),
         )
         .unwrap();
         let raw = decode_input(
-            &tensor(FP32, vec![2, 2], None),
+            &mut tensor(FP32, vec![2, 2], None),
             Some(&to_raw(&values)),
             &spec(),
         )
@@ -217,14 +219,14 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(
-            decode_input(&tensor("INT64", vec![1, 2], int64), None, &spec())
+            decode_input(&mut tensor("INT64", vec![1, 2], int64), None, &spec())
                 .unwrap()
                 .0,
             vec![1.0, -2.0]
         );
         let fp64: Vec<u8> = [0.5f64, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect();
         assert_eq!(
-            decode_input(&tensor("FP64", vec![1, 2], None), Some(&fp64), &spec())
+            decode_input(&mut tensor("FP64", vec![1, 2], None), Some(&fp64), &spec())
                 .unwrap()
                 .0,
             vec![0.5, 4.0]
@@ -234,7 +236,7 @@ mod tests {
             .flat_map(|v| v.to_le_bytes())
             .collect();
         assert_eq!(
-            decode_input(&tensor("FP16", vec![1, 2], None), Some(&fp16), &spec())
+            decode_input(&mut tensor("FP16", vec![1, 2], None), Some(&fp16), &spec())
                 .unwrap()
                 .0,
             vec![1.5, -3.0]
@@ -279,8 +281,8 @@ mod tests {
                 "unexpected input \"x\"",
             ),
         ];
-        for (input, raw, expected) in cases {
-            let error = decode_input(&input, raw.as_deref(), &spec()).unwrap_err();
+        for (mut input, raw, expected) in cases {
+            let error = decode_input(&mut input, raw.as_deref(), &spec()).unwrap_err();
             assert!(matches!(error, Error::InvalidRequest(_)));
             assert!(
                 error.to_string().contains(expected),
