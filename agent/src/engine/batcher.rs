@@ -31,6 +31,9 @@ pub struct BatchSettings {
     /// Whether an idle worker polls the queue briefly before it parks (lower latency at low
     /// load, a busier CPU).
     pub spin: bool,
+    /// Whether a blocking caller polls for its answer briefly before it sleeps. Worth it only
+    /// on a core the inference threads leave free.
+    pub spin_waiting: bool,
 }
 
 /// How long an idle worker polls before parking: waking a parked thread on another core costs
@@ -189,6 +192,35 @@ impl Batcher {
         self.submit(input, rows, deadline)?
             .await
             .map_err(|_| Error::Stopped)?
+    }
+
+    /// Runs one request and waits for it, from a plain thread (never an async runtime thread).
+    /// With `spin_waiting` on, the caller polls for its answer for a moment before it sleeps: being
+    /// woken on another core costs longer than a small model's inference.
+    ///
+    /// # Errors
+    /// As [`Batcher::infer`].
+    pub fn infer_blocking(
+        &self,
+        input: Vec<f32>,
+        rows: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Response> {
+        let mut reply = self.submit(input, rows, deadline)?;
+        if self.settings.spin_waiting {
+            let until = Instant::now() + SPIN_BEFORE_PARKING;
+            loop {
+                match reply.try_recv() {
+                    Ok(answer) => return answer,
+                    Err(oneshot::error::TryRecvError::Closed) => return Err(Error::Stopped),
+                    Err(oneshot::error::TryRecvError::Empty) if Instant::now() < until => {
+                        std::hint::spin_loop();
+                    }
+                    Err(oneshot::error::TryRecvError::Empty) => break,
+                }
+            }
+        }
+        reply.blocking_recv().map_err(|_| Error::Stopped)?
     }
 
     /// Closes the queue and waits until the workers have answered every accepted request.

@@ -158,6 +158,7 @@ impl Engine {
             max_delay: Duration::from_micros(config.batch_delay_micros),
             queue_capacity: options.queue_capacity,
             spin: config.spinning,
+            spin_waiting: config.spinning && spare_core(config),
         };
         let mut effective = config.clone();
         // fp16 over the fp32 file exists only on TensorRT: report what really runs.
@@ -215,10 +216,7 @@ impl Engine {
     /// # Errors
     /// As [`Engine::infer`].
     pub fn infer_blocking(&self, input: Vec<f32>, rows: usize) -> Result<Response> {
-        self.batcher
-            .submit(input, rows, None)?
-            .blocking_recv()
-            .map_err(|_| Error::Stopped)?
+        self.batcher.infer_blocking(input, rows, None)
     }
 
     /// Runs one full batch of zeros per instance, so that lazy initialisation (thread pools,
@@ -237,4 +235,12 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Whether the inference threads leave a core free, for a caller to poll for its answer on
+/// without taking a core from inference.
+fn spare_core(config: &EngineConfig) -> bool {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let inference_threads = config.instances as usize * config.intra_op_threads as usize;
+    cores > inference_threads
 }
