@@ -83,6 +83,10 @@ pub struct RunArgs {
     /// Prometheus metrics listen address.
     #[arg(long, env = "POLICYSERVE_METRICS_ADDR", default_value = "0.0.0.0:8002")]
     pub metrics_addr: std::net::SocketAddr,
+    /// Async runtime threads for gRPC, metrics and Kubernetes watches; defaults to a quarter
+    /// of the CPUs, at least one, leaving the rest to inference.
+    #[arg(long, env = "POLICYSERVE_ASYNC_THREADS")]
+    pub async_threads: Option<usize>,
     /// The address clients reach this agent on, written into each profile's endpoint (the
     /// pod IP); defaults to the gRPC address when that is not 0.0.0.0.
     #[arg(long, env = "POD_IP")]

@@ -2,6 +2,7 @@
 //! policy models.
 
 pub mod args;
+pub mod async_runtime;
 pub mod detect;
 pub mod engine;
 mod error;

@@ -7,11 +7,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Detect(args) => policyserve_agent::detect::run(&args),
         Command::Tune(args) => policyserve_agent::tune::run(&args),
-        Command::Serve(args) => {
-            tokio::runtime::Runtime::new()?.block_on(policyserve_agent::serve::run(args))
-        }
-        Command::Run(args) => {
-            tokio::runtime::Runtime::new()?.block_on(policyserve_agent::run::run(args))
-        }
+        Command::Serve(args) => policyserve_agent::serve::main(args),
+        Command::Run(args) => policyserve_agent::run::main(args),
     }
 }

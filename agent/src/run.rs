@@ -15,6 +15,17 @@ use crate::metrics::Metrics;
 use crate::profiles::{ProfileServer, ProfileServerConfig};
 use crate::registry::ModelRegistry;
 
+/// `run` from the command line, on an async runtime of `--async-threads` threads.
+///
+/// # Errors
+/// As [`run`], and when the runtime cannot start.
+pub fn main(args: RunArgs) -> anyhow::Result<()> {
+    let threads = args
+        .async_threads
+        .unwrap_or_else(crate::async_runtime::threads_for_node);
+    crate::async_runtime::build(threads)?.block_on(run(args))
+}
+
 /// Runs the agent until SIGTERM or Ctrl-C.
 ///
 /// # Errors
@@ -50,6 +61,7 @@ pub async fn serve_node(
         max_message_bytes,
         ort,
         tensorrt_cache,
+        async_threads: _, // sized the runtime this runs on
     } = args;
     runtime::environment(ort.ort_lib.as_deref())?;
     let gpu = gpu_options(&hardware, tensorrt_cache, ort.ort_lib.clone()).await;

@@ -11,7 +11,8 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 use crate::args::OrtArgs;
-use crate::engine::{Engine, EngineOptions, ModelFiles, runtime};
+use crate::async_runtime;
+use crate::engine::{self, Engine, EngineOptions, ModelFiles, runtime};
 use crate::grpc::{GrpcInferenceServiceServer, InferenceService};
 use crate::metrics::Metrics;
 use crate::registry::{ModelRegistry, Models, ServedModel};
@@ -38,6 +39,10 @@ pub struct ServeArgs {
     /// Requests that may wait per model before new ones get RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 1024)]
     pub queue_capacity: usize,
+    /// Async runtime threads for gRPC and metrics; defaults to the CPUs the models' inference
+    /// threads leave free, at least one.
+    #[arg(long, env = "POLICYSERVE_ASYNC_THREADS")]
+    pub async_threads: Option<usize>,
     /// ONNX Runtime library.
     #[command(flatten)]
     pub ort: OrtArgs,
@@ -61,25 +66,38 @@ pub fn default_config() -> EngineConfig {
     }
 }
 
-/// Runs `serve` until SIGTERM, then drains: accepted requests are answered before exit.
+/// `serve` from the command line: reads the profile, sizes the async runtime beside the
+/// inference threads it asks for, and runs [`run`] on it.
 ///
 /// # Errors
-/// When ONNX Runtime, a model or the profile does not load, or an address cannot be bound.
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+/// As [`run`], and when the profile does not load or the runtime cannot start.
+pub fn main(args: ServeArgs) -> anyhow::Result<()> {
+    let config = match &args.profile {
+        Some(path) => read_profile(path)?,
+        None => default_config(),
+    };
+    let threads = args.async_threads.unwrap_or_else(|| {
+        async_runtime::threads_beside(args.models.len() * engine::inference_threads(&config))
+    });
+    async_runtime::build(threads)?.block_on(run(args, config))
+}
+
+/// Runs `serve` with `config` for every model until SIGTERM, then drains: accepted requests
+/// are answered before exit.
+///
+/// # Errors
+/// When ONNX Runtime or a model does not load, or an address cannot be bound.
+pub async fn run(args: ServeArgs, config: EngineConfig) -> anyhow::Result<()> {
     let ServeArgs {
         models,
         grpc_addr,
         metrics_addr,
-        profile,
         max_message_bytes,
         queue_capacity,
         ort,
+        ..
     } = args;
     runtime::environment(ort.ort_lib.as_deref())?;
-    let config = match &profile {
-        Some(path) => read_profile(path)?,
-        None => default_config(),
-    };
     let options = EngineOptions {
         queue_capacity,
         ..EngineOptions::default()

@@ -99,6 +99,7 @@ impl Cluster {
             },
             grpc_addr: "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
             metrics_addr: "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
+            async_threads: None,
             advertise_address: None,
             model_cache: std::env::temp_dir().join(format!("policyserve-cache-{node}")),
             revalidate_seconds: 600,

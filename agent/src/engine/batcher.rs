@@ -28,12 +28,10 @@ pub struct BatchSettings {
     pub max_delay: Duration,
     /// Requests that may wait in the queue; more are refused.
     pub queue_capacity: usize,
-    /// Whether an idle worker polls the queue briefly before it parks (lower latency at low
-    /// load, a busier CPU).
+    /// Whether idle workers poll their queue, and blocking callers their answer, briefly
+    /// before they sleep (lower latency at low load, a busier CPU). Worth it only on cores
+    /// the inference threads leave free.
     pub spin: bool,
-    /// Whether a blocking caller polls for its answer briefly before it sleeps. Worth it only
-    /// on a core the inference threads leave free.
-    pub spin_waiting: bool,
 }
 
 /// How long an idle worker polls before parking: waking a parked thread on another core costs
@@ -195,7 +193,7 @@ impl Batcher {
     }
 
     /// Runs one request and waits for it, from a plain thread (never an async runtime thread).
-    /// With `spin_waiting` on, the caller polls for its answer for a moment before it sleeps: being
+    /// With spinning on, the caller polls for its answer for a moment before it sleeps: being
     /// woken on another core costs longer than a small model's inference.
     ///
     /// # Errors
@@ -207,7 +205,7 @@ impl Batcher {
         deadline: Option<Instant>,
     ) -> Result<Response> {
         let mut reply = self.submit(input, rows, deadline)?;
-        if self.settings.spin_waiting {
+        if self.settings.spin {
             let until = Instant::now() + SPIN_BEFORE_PARKING;
             loop {
                 match reply.try_recv() {

@@ -157,8 +157,9 @@ impl Engine {
             max_batch_size: config.max_batch_size as usize,
             max_delay: Duration::from_micros(config.batch_delay_micros),
             queue_capacity: options.queue_capacity,
-            spin: config.spinning,
-            spin_waiting: config.spinning && spare_core(config),
+            // Polling for work or for an answer on the last free core would hold off the very
+            // thread it waits for until the scheduler preempts the poller.
+            spin: config.spinning && spare_core(config),
         };
         let mut effective = config.clone();
         // fp16 over the fp32 file exists only on TensorRT: report what really runs.
@@ -237,10 +238,13 @@ impl Engine {
     }
 }
 
+/// Threads busy running inference under `config`: each instance's intra-op threads.
+pub fn inference_threads(config: &EngineConfig) -> usize {
+    config.instances as usize * config.intra_op_threads as usize
+}
+
 /// Whether the inference threads leave a core free, for a caller to poll for its answer on
 /// without taking a core from inference.
 fn spare_core(config: &EngineConfig) -> bool {
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let inference_threads = config.instances as usize * config.intra_op_threads as usize;
-    cores > inference_threads
+    crate::async_runtime::usable_cpus() > inference_threads(config)
 }

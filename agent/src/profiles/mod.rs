@@ -361,7 +361,7 @@ fn check_memory(files: &ModelFiles, targets: &Targets) -> Result<()> {
 /// CPUs only oversubscribe it (a simulated node may describe more CPUs than exist), and
 /// precisions without a file are dropped (fp16 stays, for TensorRT).
 fn fit_to_host(space: &SearchSpace, files: &ModelFiles) -> SearchSpace {
-    let host = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let host = crate::async_runtime::usable_cpus() as u32;
     let fit = |values: &[u32]| -> Vec<u32> {
         let kept: Vec<u32> = values.iter().copied().filter(|v| *v <= host).collect();
         if kept.is_empty() { vec![1] } else { kept }
