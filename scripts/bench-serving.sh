@@ -27,7 +27,17 @@ trap cleanup EXIT
 # Command prefixes that pin to a CPU list (taskset execs, so $! stays the server's PID).
 SERVER=() CLIENT=()
 if [[ -n ${SERVER_CPUS:-} ]]; then SERVER=(taskset -c "$SERVER_CPUS"); fi
-if [[ -n ${CLIENT_CPUS:-} ]]; then CLIENT=(taskset -c "$CLIENT_CPUS"); fi
+# On cores of its own the open loop's pacer spins to keep its schedule (a sleep that short
+# oversleeps and sends bursts); sharing cores with the servers, it sleeps.
+PACER=()
+if [[ -n ${CLIENT_CPUS:-} ]]; then CLIENT=(taskset -c "$CLIENT_CPUS") PACER=(--spin-pacer); fi
+
+port_free() { # port: fail when something (a server left from an earlier run) answers there
+  if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+    echo "port $1 is already in use: stop what listens there first" >&2
+    return 1
+  fi
+}
 
 wait_for_port() { # port pid
   for _ in $(seq 1 300); do
@@ -45,11 +55,25 @@ rss() { # pid -> "VmHWM VmRSS" in MiB
 
 load() { # label port json-name
   "${CLIENT[@]}" "$LOADGEN" --model policy --concurrency 1,2,4,8,16,32,64 \
-    --duration "$STEP" --warm-up "$WARM" --open-fraction 0.5 --threads "$CLIENT_THREADS" \
+    --duration "$STEP" --warm-up "$WARM" --open-fraction 0.5 --threads "$CLIENT_THREADS" "${PACER[@]}" \
     --target "http://127.0.0.1:$2" --label "$1" --json "$OUT/load-$3.json" | tee "$OUT/load-$3.md"
 }
 
+server_latency() { # label: the agent's own latency histogram over the whole sweep, so that a
+  # tail seen by the load generator can be told apart from one inside the server
+  if command -v curl >/dev/null 2>&1; then
+    curl -s http://127.0.0.1:18002/metrics | awk -v label="$1" -F'le="' '
+      /^policyserve_inference_latency_seconds_bucket/ {
+        split($2, v, "\""); n = $0; sub(/.* /, "", n); le[++k] = v[1]; c[k] = n }
+      END { for (i = 1; i <= k; i++) if (le[i] == "0.0016" || le[i] == "0.0064" || le[i] == "0.0256")
+              over = over sprintf(" > %s s: %d;", le[i], c[k] - c[i]);
+            printf "agent (%s) server-side latency over the sweep: %d requests;%s\n", label, c[k], over }' \
+      | tee -a "$OUT/load-$1.md"
+  fi
+}
+
 serve_agent() { # label profile-file
+  port_free 18001
   "${SERVER[@]}" "$AGENT" serve --model "policy=$MODEL" \
     --grpc-addr 127.0.0.1:18001 --metrics-addr 127.0.0.1:18002 --profile "$2" \
     >"$OUT/agent-$1.log" 2>&1 &
@@ -57,6 +81,7 @@ serve_agent() { # label profile-file
   PIDS+=("$pid")
   wait_for_port 18001 "$pid"
   load "agent ($1)" 18001 "$1"
+  server_latency "$1"
   echo "agent ($1) memory after the sweep, MiB (VmHWM VmRSS): $(rss "$pid")" | tee -a "$OUT/load-$1.md"
   rss "$pid" >"$OUT/rss-$1.txt"
   kill "$pid"
@@ -82,6 +107,7 @@ if [[ -z ${PYTHON:-} ]]; then
   exit 0
 fi
 # KServe's Python server, default settings but for the ports (the defaults may be taken).
+port_free 18081
 "${SERVER[@]}" "$PYTHON" bench/kserve_server.py --model_name policy --model_path "$MODEL" \
   --grpc_port 18081 --http_port 18080 >"$OUT/kserve.log" 2>&1 &
 pid=$!

@@ -2,13 +2,15 @@
 # Assembles the folder scripts/gpu-check.sh runs from on a GPU machine that has no package
 # registry and accepts only a small upload.
 #
-#   scripts/gpu-bundle.sh [--out DIR] [--with-gpu-libs] [--tar]
+#   scripts/gpu-bundle.sh [--out DIR] [--with-gpu-libs [--only-sm N]] [--tar]
 #
 #   DIR/policyserve-agent     release build, stripped
 #   DIR/models/               policy-mlp.onnx, policy-mlp-large.onnx
 #   DIR/ort-cpu/              libonnxruntime.so.1.31.1 (CPU build, from `make deps`)
 #   DIR/ort-gpu/              with --with-gpu-libs: onnxruntime-gpu 1.31.1's libonnxruntime.so
-#                             and libonnxruntime_providers_{shared,cuda,tensorrt}.so (~300 MB)
+#                             and libonnxruntime_providers_{shared,cuda,tensorrt}.so (~300 MB);
+#                             --only-sm 90 zeroes the CUDA provider's code for every other GPU
+#                             architecture (scripts/prune-cubins.py): 60 MB as .tar.xz
 #   DIR/gpu-check.sh, DIR/MANIFEST (sizes; the CUDA, cuDNN and TensorRT libraries the providers
 #                             need, read from their ELF NEEDED entries)
 #
@@ -21,13 +23,15 @@ ROOT="$(cd "$HERE/.." && pwd)"
 CACHE="${POLICYSERVE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/policyserve}"
 OUT="$ROOT/target/gpu-bundle"
 WITH_GPU=no
+ONLY_SM=
 TAR=no
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT="$2"; shift 2 ;;
     --with-gpu-libs) WITH_GPU=yes; shift ;;
+    --only-sm) ONLY_SM="$2"; shift 2 ;;
     --tar) TAR=yes; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -76,9 +80,14 @@ if [ "$WITH_GPU" = yes ]; then
   mkdir -p "$OUT/ort-gpu"
   unzip -q -j -o "$wheel" 'onnxruntime/capi/libonnxruntime.so.*' \
     'onnxruntime/capi/libonnxruntime_providers_*.so' -d "$OUT/ort-gpu"
+  if [ -n "$ONLY_SM" ]; then
+    cuda="$OUT/ort-gpu/libonnxruntime_providers_cuda.so"
+    python3 "$HERE/prune-cubins.py" "$cuda" "$cuda.pruned" "$ONLY_SM" >&2
+    mv "$cuda.pruned" "$cuda"
+  fi
   {
     echo
-    echo "GPU libraries (onnxruntime-gpu $ORT_VERSION)"
+    echo "GPU libraries (onnxruntime-gpu $ORT_VERSION)${ONLY_SM:+, CUDA code for sm_$ONLY_SM only}"
     for f in "$OUT"/ort-gpu/*; do
       printf '%-10s ort-gpu/%s\n' "$(size "$f")" "$(basename "$f")"
       printf '           needs: %s\n' "$(needed "$f" | grep -Ev '^((libc|libm|libdl|librt|libpthread|libgcc_s|libstdc\+\+)\.so|ld-linux)' | tr '\n' ' ')"

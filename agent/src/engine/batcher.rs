@@ -7,7 +7,7 @@
 //! keeps taking requests until the batch is full or `max_delay` has passed since it started.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,10 @@ pub struct BatchSettings {
 /// tens of microseconds, longer than a small policy model's inference.
 const SPIN_BEFORE_PARKING: Duration = Duration::from_micros(50);
 
+/// The longest a blocking caller polls for its answer; it polls for about as long as a batch
+/// takes, so that a larger batch than the smallest does not end every wait in a sleep.
+const LONGEST_WAIT_SPIN: Duration = Duration::from_millis(1);
+
 /// What one request gets back.
 #[derive(Debug)]
 pub struct Response {
@@ -66,6 +70,8 @@ pub struct Batcher {
     signature: Arc<ModelSignature>,
     settings: BatchSettings,
     in_flight: Arc<AtomicUsize>,
+    /// How long the last batch ran, µs: how long a waiting caller is worth polling for.
+    last_batch_micros: Arc<AtomicU64>,
 }
 
 impl Batcher {
@@ -81,6 +87,7 @@ impl Batcher {
         let (queue, receiver) = crossbeam_channel::bounded(settings.queue_capacity.max(1));
         let signature = Arc::new(signature);
         let in_flight = Arc::new(AtomicUsize::new(0));
+        let last_batch_micros = Arc::new(AtomicU64::new(0));
         let workers = sessions
             .into_iter()
             .enumerate()
@@ -91,6 +98,7 @@ impl Batcher {
                     signature: Arc::clone(&signature),
                     settings,
                     in_flight: Arc::clone(&in_flight),
+                    last_batch_micros: Arc::clone(&last_batch_micros),
                     buffer: Vec::new(),
                 };
                 std::thread::Builder::new()
@@ -105,6 +113,7 @@ impl Batcher {
             signature,
             settings,
             in_flight,
+            last_batch_micros,
         })
     }
 
@@ -193,8 +202,9 @@ impl Batcher {
     }
 
     /// Runs one request and waits for it, from a plain thread (never an async runtime thread).
-    /// With spinning on, the caller polls for its answer for a moment before it sleeps: being
-    /// woken on another core costs longer than a small model's inference.
+    /// With spinning on, the caller polls for its answer for about twice the last batch's time
+    /// before it sleeps: being woken on another core costs longer than a small model's
+    /// inference.
     ///
     /// # Errors
     /// As [`Batcher::infer`].
@@ -206,7 +216,9 @@ impl Batcher {
     ) -> Result<Response> {
         let mut reply = self.submit(input, rows, deadline)?;
         if self.settings.spin {
-            let until = Instant::now() + SPIN_BEFORE_PARKING;
+            let last_batch = Duration::from_micros(self.last_batch_micros.load(Ordering::Relaxed));
+            let until =
+                Instant::now() + (last_batch * 2).clamp(SPIN_BEFORE_PARKING, LONGEST_WAIT_SPIN);
             loop {
                 match reply.try_recv() {
                     Ok(answer) => return answer,
@@ -246,6 +258,7 @@ struct Worker {
     signature: Arc<ModelSignature>,
     settings: BatchSettings,
     in_flight: Arc<AtomicUsize>,
+    last_batch_micros: Arc<AtomicU64>,
     /// Reused across batches so joining requests does not allocate in steady state.
     buffer: Vec<f32>,
 }
@@ -279,7 +292,10 @@ impl Worker {
                 batch.push(request);
             }
             let answered = batch.len();
+            let started = Instant::now();
             self.run_batch(batch);
+            let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.last_batch_micros.store(took, Ordering::Relaxed);
             self.in_flight.fetch_sub(answered, Ordering::Relaxed);
         }
     }

@@ -115,9 +115,11 @@ fn register(
         ExecutionProvider::TensorRT => {
             available::<ep::TensorRT>("TensorRT")?;
             let mut trt = ep::TensorRT::default().with_fp16(config.precision == Precision::Fp16);
+            // Made here, and removed again when the provider library then fails to load (no
+            // libnvinfer: seen on an H100), so nodes without TensorRT keep no cache folder. An
+            // unwritable cache costs engine builds at each load, not TensorRT itself.
+            let fresh = gpu.tensorrt_cache_dir.as_ref().filter(|dir| !dir.exists());
             if let Some(dir) = &gpu.tensorrt_cache_dir {
-                // Created here, once TensorRT is known to load, so CPU nodes never make it. An
-                // unwritable cache costs engine builds at each load, not TensorRT itself.
                 match std::fs::create_dir_all(dir) {
                     Ok(()) => {
                         trt = trt
@@ -130,9 +132,20 @@ fn register(
                     ),
                 }
             }
-            trt.build()
+            let registered = register_dispatch(trt.build(), builder);
+            if let (Err(_), Some(dir)) = (&registered, fresh) {
+                let _ = std::fs::remove_dir(dir);
+            }
+            return registered;
         }
     };
+    register_dispatch(dispatch, builder)
+}
+
+fn register_dispatch(
+    dispatch: ep::ExecutionProviderDispatch,
+    builder: &mut SessionBuilder,
+) -> std::result::Result<(), String> {
     dispatch
         .error_on_failure()
         .register(builder)
