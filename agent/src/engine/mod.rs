@@ -243,8 +243,8 @@ pub fn inference_threads(config: &EngineConfig) -> usize {
     config.instances as usize * config.intra_op_threads as usize
 }
 
-/// Whether the inference threads leave a core free, for a caller to poll for its answer on
-/// without taking a core from inference.
+/// Whether the inference threads leave a core free, where polling (a worker for work, a caller
+/// for its answer) takes no core from inference.
 fn spare_core(config: &EngineConfig) -> bool {
     crate::async_runtime::usable_cpus() > inference_threads(config)
 }
