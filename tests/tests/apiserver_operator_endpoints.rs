@@ -227,6 +227,7 @@ async fn the_service_publishes_serving_agents_and_goes_with_its_policy_service()
     let service = world.api::<Service>().get("lander").await?;
     let spec = service.spec.clone().context("Service spec")?;
     assert_eq!(spec.selector, None, "endpoints are managed, not selected");
+    assert_eq!(spec.cluster_ip.as_deref(), Some("None"), "headless");
     let port = &spec.ports.context("Service ports")?[0];
     assert_eq!(
         (
@@ -320,6 +321,47 @@ async fn the_service_publishes_serving_agents_and_goes_with_its_policy_service()
         }
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cluster_ip_service_from_an_earlier_version_is_replaced_by_a_headless_one() -> Result<()>
+{
+    let world = World::start("op-endpoints-headless").await?;
+    let a = world.node("a").await?;
+    // What the operator made before Services became headless: selector-less, with an address.
+    let old: Service = serde_json::from_value(json!({
+        "metadata": {"name": "lander", "labels": {"policyserve.io/policy-service": "lander"}},
+        "spec": {"type": "ClusterIP", "ports": [{"name": "grpc", "port": 8001}]},
+    }))?;
+    let old = world
+        .api::<Service>()
+        .create(&PostParams::default(), &old)
+        .await?;
+    let old_ip = old.spec.and_then(|s| s.cluster_ip);
+    assert!(
+        old_ip.as_deref().is_some_and(|ip| ip != "None"),
+        "{old_ip:?}"
+    );
+
+    world.create("lander", 1).await?;
+    let profiles = world.profiles_on("lander", &[&a]).await?;
+    let services = world.api::<Service>();
+    eventually("the Service to become headless", TIMEOUT, || {
+        let services = services.clone();
+        async move {
+            let service = services.get("lander").await?;
+            let ip = service.spec.and_then(|s| s.cluster_ip);
+            Ok((ip.as_deref() == Some("None")).then_some(()))
+        }
+    })
+    .await?;
+    // And it publishes its agents as before.
+    let model = format!("{}.lander", world.namespace);
+    world
+        .agent_reports(&profiles[&a].name_any(), true, "192.0.2.9", &model)
+        .await?;
+    world.addresses_become("lander", &["192.0.2.9"]).await?;
     Ok(())
 }
 

@@ -206,10 +206,23 @@ pub async fn apply_published(
 ) -> Result<()> {
     let meta = &published.service.metadata;
     let (namespace, name) = (namespace_of(meta)?, name_of(meta)?);
-    Api::<Service>::namespaced(client.clone(), namespace)
-        .patch(name, &apply_params(), &Patch::Apply(&published.service))
-        .await
-        .map_err(Error::kube(format!("apply Service {namespace}/{name}")))?;
+    let services = Api::<Service>::namespaced(client.clone(), namespace);
+    let (params, patch) = (apply_params(), Patch::Apply(&published.service));
+    let apply = || services.patch(name, &params, &patch);
+    match apply().await {
+        // A Service from a version that made ClusterIP Services holds an address, and a
+        // cluster IP cannot be changed: replace it with the headless one.
+        Err(kube::Error::Api(e)) if e.code == 422 && e.message.contains("clusterIP") => {
+            tracing::info!(%namespace, %name, "replacing a ClusterIP Service with a headless one");
+            services
+                .delete(name, &DeleteParams::default())
+                .await
+                .map_err(Error::kube(format!("delete Service {namespace}/{name}")))?;
+            apply().await
+        }
+        other => other,
+    }
+    .map_err(Error::kube(format!("apply Service {namespace}/{name}")))?;
     match &published.endpoints {
         EndpointObjects::Endpoints(endpoints) => {
             let name = name_of(&endpoints.metadata)?;

@@ -37,6 +37,8 @@ pub const SLICE_MANAGER: &str = "policyserve.io/operator";
 pub const PORT_NAME: &str = "grpc";
 /// `appProtocol` of the ports: the agents speak gRPC (KServe V2).
 pub const APP_PROTOCOL: &str = "grpc";
+/// `spec.clusterIP` of a headless Service.
+pub const HEADLESS: &str = "None";
 
 /// Which API carries the endpoints on this cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,7 +204,13 @@ fn metadata(ps: &PolicyService, name: String) -> Result<ObjectMeta> {
     })
 }
 
-/// The selector-less ClusterIP Service `service_name(<policyservice>)`, port `grpc` 8001.
+/// The selector-less headless Service `service_name(<policyservice>)`, port `grpc` 8001.
+///
+/// Headless, so its DNS name resolves to every serving agent: gRPC clients keep one HTTP/2
+/// connection for many requests, and a cluster IP would balance only those connections (one
+/// agent gets all of a client's requests), while a client resolving the agents balances each
+/// request (gRPC's `round_robin`). It also takes no address from the cluster's Service range,
+/// which 1,000 PolicyServices exhausted on the test cluster's /24.
 ///
 /// # Errors
 /// [`Error::MissingField`] when the PolicyService lacks a name, namespace or uid.
@@ -212,6 +220,7 @@ pub fn service(ps: &PolicyService) -> Result<Service> {
         metadata: metadata(ps, service_name(&ps.name_any()))?,
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
+            cluster_ip: Some(HEADLESS.into()),
             // No selector: the endpoints are written by the operator, not derived from Pods.
             selector: None,
             ports: Some(vec![ServicePort {
@@ -224,9 +233,8 @@ pub fn service(ps: &PolicyService) -> Result<Service> {
                 app_protocol: Some(APP_PROTOCOL.into()),
                 ..ServicePort::default()
             }]),
-            // On a dual-stack cluster the Service gets a cluster IP of each family, so agents
-            // reporting IPv6 addresses are reachable too; single-stack clusters (and 1.20,
-            // which drops the field) get their one family.
+            // On a dual-stack cluster the Service's DNS name answers with agents of both
+            // families; single-stack clusters (and 1.20, which drops the field) have one.
             ip_family_policy: Some("PreferDualStack".into()),
             ..ServiceSpec::default()
         }),
@@ -384,7 +392,7 @@ mod tests {
     }
 
     #[test]
-    fn the_service_is_selector_less_cluster_ip_on_the_grpc_port_and_owned() {
+    fn the_service_is_selector_less_headless_on_the_grpc_port_and_owned() {
         let service = service(&lander()).unwrap();
         assert_eq!(service.metadata.name.as_deref(), Some("lander"));
         assert_eq!(service.metadata.namespace.as_deref(), Some("robots"));
@@ -398,6 +406,7 @@ mod tests {
         );
         let spec = service.spec.unwrap();
         assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"), "headless");
         assert_eq!(spec.selector, None);
         let port = &spec.ports.unwrap()[0];
         assert_eq!(port.name.as_deref(), Some("grpc"));
