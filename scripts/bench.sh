@@ -8,7 +8,8 @@
 # Knobs: WINDOW (s, per engine-bench window, default 1), REPEATS (engine rounds, 5),
 # TUNER_WINDOW (s, 1), TUNER_REPEATS (3), STEP (s per load step, 5), QUICK=1 (a short smoke
 # run), SKIP_A=1 / SKIP_B=1, and bench-serving.sh's SERVER_CPUS / CLIENT_CPUS /
-# CLIENT_THREADS (pinning on a machine with cores to spare). Needs `make deps` and the bench requirements:
+# CLIENT_THREADS (pinning on a machine with cores to spare). Needs `make deps` and the bench
+# requirements:
 #   "$POLICYSERVE_PYTHON" -m pip install -r scripts/requirements-bench.txt
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,6 @@ fi
 OUT=${BENCH_OUT:-$(mktemp -d -t policyserve-bench.XXXXXX)}
 mkdir -p "$OUT"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-
 
 echo "== build (release)"
 cargo build --release -q -p policyserve-agent --bin policyserve-agent --example loadgen
