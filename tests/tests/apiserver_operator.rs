@@ -16,10 +16,10 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use policyserve_crds::conditions::{self, PROFILES_ASSIGNED, READY, THROUGHPUT_TARGET_MET};
 use policyserve_crds::{OptimizationProfile, PolicyService};
+use policyserve_operator::FINALIZER;
 use policyserve_operator::leader::{Leadership, LeaseSettings};
-use policyserve_operator::{ControllerConfig, FINALIZER};
 use policyserve_tests::{
-    RUN_LABEL, client, eventually, install_crds, start_controller, test_namespace, unique_name,
+    ControllerScope, RUN_LABEL, client, controller_scope, eventually, test_namespace, unique_name,
 };
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -36,17 +36,12 @@ struct World {
 
 impl World {
     async fn start(prefix: &str) -> Result<Self> {
-        let client = client().await?;
-        install_crds(&client).await?;
-        let namespace = test_namespace(&client, prefix).await?;
-        let run = unique_name("run");
-        let config = ControllerConfig {
-            namespace: Some(namespace.clone()),
-            node_selector: Some(format!("{RUN_LABEL}={run}")),
-            scale_down_stabilization: Duration::from_secs(2),
-            ..ControllerConfig::default()
-        };
-        let stop = start_controller(&client, config);
+        let ControllerScope {
+            client,
+            namespace,
+            run,
+            stop,
+        } = controller_scope(prefix, |_| {}).await?;
         Ok(Self {
             client,
             namespace,
@@ -334,9 +329,17 @@ async fn measured_throughput_scales_out_then_in_after_the_stabilization_window()
             .await?;
     }
     world.profiles_on("swarm", &[&nodes[0]]).await?;
-    let ps = world.policy_services().get("swarm").await?;
-    let scaling = ps.status.context("status")?.scaling.context("scaling")?;
-    assert_eq!(scaling.desired_replicas, 1, "{}", scaling.reason);
+    // The extra profiles go before the status is written: wait for the status too.
+    let services = world.policy_services();
+    eventually("the status to want one replica", TIMEOUT, || {
+        let services = services.clone();
+        async move {
+            let ps = services.get("swarm").await?;
+            let scaling = ps.status.and_then(|s| s.scaling);
+            Ok(scaling.filter(|s| s.desired_replicas == 1).map(|_| ()))
+        }
+    })
+    .await?;
 
     let events = Api::<Event>::namespaced(world.client.clone(), &world.namespace)
         .list(&ListParams::default())

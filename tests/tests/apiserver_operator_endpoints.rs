@@ -18,10 +18,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use policyserve_crds::{OptimizationProfile, PolicyService};
-use policyserve_operator::ControllerConfig;
-use policyserve_tests::{
-    RUN_LABEL, client, eventually, install_crds, start_controller, test_namespace, unique_name,
-};
+use policyserve_tests::{ControllerScope, RUN_LABEL, controller_scope, eventually, unique_name};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -39,22 +36,17 @@ struct World {
 
 impl World {
     async fn start(prefix: &str) -> Result<Self> {
-        let client = client().await?;
-        install_crds(&client).await?;
-        let namespace = test_namespace(&client, prefix).await?;
-        let run = unique_name("run");
+        let ControllerScope {
+            client,
+            namespace,
+            run,
+            stop,
+        } = controller_scope(prefix, |_| {}).await?;
         let slices = match client.list_api_group_resources("discovery.k8s.io/v1").await {
             Ok(list) => list.resources.iter().any(|r| r.name == "endpointslices"),
             Err(kube::Error::Api(status)) if status.code == 404 => false,
             Err(e) => return Err(e.into()),
         };
-        let config = ControllerConfig {
-            namespace: Some(namespace.clone()),
-            node_selector: Some(format!("{RUN_LABEL}={run}")),
-            scale_down_stabilization: Duration::from_secs(2),
-            ..ControllerConfig::default()
-        };
-        let stop = start_controller(&client, config);
         Ok(Self {
             client,
             namespace,

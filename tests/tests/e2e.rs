@@ -21,10 +21,8 @@ use policyserve_agent::grpc::proto::model_infer_request::InferInputTensor;
 use policyserve_agent::grpc::proto::{InferTensorContents, ModelInferRequest};
 use policyserve_crds::conditions::{self, LOADED, PERFORMANCE_COMPLIANT, READY, SERVING};
 use policyserve_crds::{OptimizationProfile, PolicyService};
-use policyserve_operator::ControllerConfig;
 use policyserve_tests::{
-    RUN_LABEL, client, eventually, install_crds, start_controller, test_namespace, unique_name,
-    workspace_root,
+    ControllerScope, RUN_LABEL, controller_scope, eventually, unique_name, workspace_root,
 };
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -51,18 +49,12 @@ impl Cluster {
         policyserve_agent::telemetry::init("warn");
         policyserve_agent::engine::runtime::environment(None)
             .context("ORT_DYLIB_PATH must name libonnxruntime.so (run `make deps`)")?;
-        let client = client().await?;
-        install_crds(&client).await?;
-        let namespace = test_namespace(&client, prefix).await?;
-        let run = unique_name("e2e");
-        let config = ControllerConfig {
-            namespace: Some(namespace.clone()),
-            node_selector: Some(format!("{RUN_LABEL}={run}")),
-            tuning_budget_seconds: 2,
-            scale_down_stabilization: Duration::from_secs(2),
-            ..ControllerConfig::default()
-        };
-        let stop = start_controller(&client, config);
+        let ControllerScope {
+            client,
+            namespace,
+            run,
+            stop,
+        } = controller_scope(prefix, |config| config.tuning_budget_seconds = 2).await?;
         Ok(Self {
             client,
             namespace,
