@@ -5,14 +5,17 @@
 //! for its answer, over up to `--connections` HTTP/2 connections, for `--duration` seconds
 //! after `--warm-up`; the step reports throughput and p50/p95/p99 latency. Open loop
 //! (`--open-fraction F`): after the sweep, requests are started at a fixed rate of F × the
-//! sweep's best throughput (paced by a thread, each request its own task, at most
-//! `--max-in-flight` outstanding) and the step reports the same figures; latency counts from the
-//! moment the pacer starts the request.
+//! sweep's best throughput, or at `--open-rate RPS` (paced by a thread, each request its own task,
+//! at most `--max-in-flight` outstanding) and the step reports the same figures; latency counts
+//! from the moment the request's task starts. `--trace FILE` writes every open-loop request's
+//! start and latency, to see when a pile-up began and how it drained.
 //!
 //! ```text
 //! cargo run --release -p policyserve-agent --example loadgen -- \
 //!     --target http://127.0.0.1:8001 --model policy --concurrency 1,2,4,8,16,32,64 \
 //!     --duration 5 --open-fraction 0.5 --json out.json
+//! # only an open loop at 10,000 requests/s:
+//! loadgen --target http://127.0.0.1:8001 --concurrency '' --open-rate 10000
 //! ```
 
 use std::sync::Arc;
@@ -40,17 +43,19 @@ struct Options {
     duration: Duration,
     warm_up: Duration,
     open_fraction: Option<f64>,
+    open_rate: Option<f64>,
     max_in_flight: usize,
     threads: usize,
     spin_pacer: bool,
     label: String,
     json: Option<std::path::PathBuf>,
+    trace: Option<std::path::PathBuf>,
 }
 
 const HELP: &str = "loadgen --target URL --model NAME [--input obs] [--row-len 64] \
 [--concurrency 1,2,4,8,16,32,64] [--connections 4] [--duration 5] [--warm-up 1] \
-[--open-fraction 0.5] [--max-in-flight 1024] [--threads 1] [--spin-pacer] [--label NAME] \
-[--json FILE]";
+[--open-fraction 0.5 | --open-rate RPS] [--max-in-flight 1024] [--threads 1] [--spin-pacer] [--label NAME] \
+[--json FILE] [--trace FILE]";
 
 fn options() -> Result<Options> {
     let mut o = Options {
@@ -63,11 +68,13 @@ fn options() -> Result<Options> {
         duration: Duration::from_secs(5),
         warm_up: Duration::from_secs(1),
         open_fraction: None,
+        open_rate: None,
         max_in_flight: 1024,
         threads: 1,
         spin_pacer: false,
         label: "server".into(),
         json: None,
+        trace: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -80,6 +87,7 @@ fn options() -> Result<Options> {
             "--concurrency" => {
                 o.concurrency = value()?
                     .split(',')
+                    .filter(|c| !c.is_empty())
                     .map(str::parse)
                     .collect::<Result<_, _>>()?
             }
@@ -87,11 +95,13 @@ fn options() -> Result<Options> {
             "--duration" => o.duration = Duration::from_secs_f64(value()?.parse()?),
             "--warm-up" => o.warm_up = Duration::from_secs_f64(value()?.parse()?),
             "--open-fraction" => o.open_fraction = Some(value()?.parse()?),
+            "--open-rate" => o.open_rate = Some(value()?.parse()?),
             "--max-in-flight" => o.max_in_flight = value()?.parse()?,
             "--threads" => o.threads = value()?.parse()?,
             "--spin-pacer" => o.spin_pacer = true,
             "--label" => o.label = value()?,
             "--json" => o.json = Some(value()?.into()),
+            "--trace" => o.trace = Some(value()?.into()),
             "--help" | "-h" => {
                 println!("{HELP}");
                 std::process::exit(0);
@@ -264,7 +274,8 @@ async fn open_loop(
     rate: f64,
 ) -> Result<Step> {
     let handle = tokio::runtime::Handle::current();
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, bool)>();
+    let (done_tx, mut done_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(Instant, Duration, bool)>();
     let in_flight = Arc::new(AtomicUsize::new(0));
     let dropped = Arc::new(AtomicU64::new(0));
     let interval = Duration::from_secs_f64(1.0 / rate);
@@ -305,8 +316,10 @@ async fn open_loop(
                     handle.spawn(async move {
                         let began = Instant::now();
                         let ok = client.model_infer(request).await.is_ok();
+                        // Timed here: the collecting task may run late.
+                        let latency = began.elapsed();
                         in_flight.fetch_sub(1, Ordering::Relaxed);
-                        let _ = done.send((began, ok));
+                        let _ = done.send((began, latency, ok));
                     });
                 }
                 sent += 1;
@@ -317,15 +330,22 @@ async fn open_loop(
     };
     let mut latencies = Vec::new();
     let mut errors = 0;
+    let mut trace = Vec::new();
     // The pacer's clone of the sender goes with the thread; the last task's with the task.
-    while let Some((began, ok)) = done_rx.recv().await {
+    while let Some((began, latency, ok)) = done_rx.recv().await {
+        if o.trace.is_some() {
+            trace.push((began - start, latency, ok));
+        }
         if began >= measure_from && began < stop {
             if ok {
-                latencies.push(began.elapsed());
+                latencies.push(latency);
             } else {
                 errors += 1;
             }
         }
+    }
+    if let Some(path) = &o.trace {
+        write_trace(path, trace)?;
     }
     let most_behind = pacer
         .join()
@@ -350,6 +370,30 @@ async fn open_loop(
         errors + dropped,
         o.duration,
     ))
+}
+
+/// One line per open-loop request, in start order: microseconds from the loop's start to the
+/// request's, its latency in microseconds, and whether it succeeded. A pile-up shows as a run
+/// of long latencies; its first request says when the stall began.
+fn write_trace(path: &std::path::Path, mut trace: Vec<(Duration, Duration, bool)>) -> Result<()> {
+    use std::io::Write as _;
+    trace.sort_unstable_by_key(|(began, ..)| *began);
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(path)
+            .with_context(|| format!("failed to create {}", path.display()))?,
+    );
+    writeln!(out, "start_us,latency_us,ok")?;
+    for (began, latency, ok) in trace {
+        writeln!(
+            out,
+            "{},{},{}",
+            began.as_micros(),
+            latency.as_micros(),
+            u8::from(ok)
+        )?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 fn print_step(label: &str, s: &Step) {
@@ -390,8 +434,9 @@ fn main() -> Result<()> {
             steps.push(s);
         }
         let max_rps = steps.iter().map(|s| s.rps).fold(0.0, f64::max);
-        if let Some(fraction) = o.open_fraction.filter(|_| max_rps > 0.0) {
-            let s = open_loop(&o, &clients, max_rps * fraction).await?;
+        let fraction = o.open_fraction.filter(|_| max_rps > 0.0);
+        if let Some(rate) = o.open_rate.or(fraction.map(|f| max_rps * f)) {
+            let s = open_loop(&o, &clients, rate).await?;
             print_step(&o.label, &s);
             steps.push(s);
         }

@@ -25,6 +25,12 @@ pub fn threads_for_node() -> usize {
     (usable_cpus() / 4).max(1)
 }
 
+/// Worker threads of the runtime the caller runs on (none outside one): the CPUs serving
+/// requests needs beside inference.
+pub fn workers() -> usize {
+    tokio::runtime::Handle::try_current().map_or(0, |runtime| runtime.metrics().num_workers())
+}
+
 /// A multi-thread runtime with `threads` workers (at least one).
 ///
 /// # Errors
@@ -55,6 +61,8 @@ mod tests {
     fn the_runtime_has_the_threads_asked_for() {
         let runtime = build(3).unwrap();
         assert_eq!(runtime.metrics().num_workers(), 3);
+        assert_eq!(runtime.block_on(async { workers() }), 3);
         assert_eq!(build(0).unwrap().metrics().num_workers(), 1);
+        assert_eq!(workers(), 0, "outside a runtime");
     }
 }

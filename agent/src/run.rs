@@ -83,6 +83,7 @@ pub async fn serve_node(
             engine: EngineOptions {
                 gpu,
                 queue_capacity,
+                reserved_cpus: crate::async_runtime::workers(),
             },
         },
         Arc::clone(&registry),

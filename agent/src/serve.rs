@@ -100,6 +100,7 @@ pub async fn run(args: ServeArgs, config: EngineConfig) -> anyhow::Result<()> {
     runtime::environment(ort.ort_lib.as_deref())?;
     let options = EngineOptions {
         queue_capacity,
+        reserved_cpus: async_runtime::workers(),
         ..EngineOptions::default()
     };
     let registry = Arc::new(ModelRegistry::new());

@@ -30,7 +30,7 @@ pub struct BatchSettings {
     pub queue_capacity: usize,
     /// Whether idle workers poll their queue, and blocking callers their answer, briefly
     /// before they sleep (lower latency at low load, a busier CPU). Worth it only on cores
-    /// the inference threads leave free.
+    /// that neither the inference threads nor the async runtime serving requests need.
     pub spin: bool,
 }
 

@@ -107,6 +107,9 @@ pub struct EngineOptions {
     pub gpu: GpuOptions,
     /// Requests that may wait in the batcher's queue before new ones are refused.
     pub queue_capacity: usize,
+    /// CPUs that other busy threads of the process need, such as the async runtime that
+    /// serves the requests: polling for work or answers never counts them as free.
+    pub reserved_cpus: usize,
 }
 
 impl Default for EngineOptions {
@@ -114,6 +117,7 @@ impl Default for EngineOptions {
         Self {
             gpu: GpuOptions::default(),
             queue_capacity: 1024,
+            reserved_cpus: 0,
         }
     }
 }
@@ -159,7 +163,7 @@ impl Engine {
             queue_capacity: options.queue_capacity,
             // Polling for work or for an answer on the last free core would hold off the very
             // thread it waits for until the scheduler preempts the poller.
-            spin: config.spinning && spare_core(config),
+            spin: config.spinning && spare_core(config, options.reserved_cpus),
         };
         let mut effective = config.clone();
         // fp16 over the fp32 file exists only on TensorRT: report what really runs.
@@ -243,8 +247,30 @@ pub fn inference_threads(config: &EngineConfig) -> usize {
     config.instances as usize * config.intra_op_threads as usize
 }
 
-/// Whether the inference threads leave a core free, where polling (a worker for work, a caller
-/// for its answer) takes no core from inference.
-fn spare_core(config: &EngineConfig) -> bool {
-    crate::async_runtime::usable_cpus() > inference_threads(config)
+/// Whether the inference threads and `reserved` other busy threads leave a core free, where
+/// polling (a worker for work, a caller for its answer) takes no core from them.
+fn spare_core(config: &EngineConfig, reserved: usize) -> bool {
+    crate::async_runtime::usable_cpus() > inference_threads(config) + reserved
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polling_needs_a_core_that_neither_inference_nor_the_reserved_threads_use() {
+        let cpus = crate::async_runtime::usable_cpus();
+        let threads = |n: usize| EngineConfig {
+            intra_op_threads: n.try_into().unwrap(),
+            instances: 1,
+            ..EngineConfig::default()
+        };
+        assert_eq!(spare_core(&threads(1), 0), cpus > 1);
+        assert!(!spare_core(&threads(cpus), 0));
+        // The async runtime serving on the other CPUs leaves none to poll on.
+        assert!(!spare_core(&threads(1), cpus - 1));
+        if cpus >= 2 {
+            assert!(spare_core(&threads(1), cpus - 2));
+        }
+    }
 }
