@@ -10,7 +10,10 @@
 # Knobs: PYTHON (with kserve; unset = KServe skipped), MODEL (models/policy-mlp.onnx),
 # STEP (s per load step, 5), WARM (s, 1), SERVER_CPUS / CLIENT_CPUS (taskset lists, e.g.
 # 0,1 and 2-9: servers then run on their own cores and the load generator on others;
-# unset = everything shares the machine), CLIENT_THREADS (load generator threads, 1).
+# unset = everything shares the machine), CLIENT_THREADS (load generator threads, 1),
+# RATES (e.g. 5000,10000,20000: after the fixed profile's sweep, open loops at those rates, each
+# with the agent's and the load generator's CPU time per request: on shared cores the two
+# together say how busy the machine was).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -72,6 +75,33 @@ server_latency() { # label: the agent's own latency histogram over the whole swe
   fi
 }
 
+cpu_seconds() { # pid -> user + system CPU seconds so far
+  awk -v tick="$(getconf CLK_TCK)" '{printf "%.3f", ($14 + $15) / tick}' "/proc/$1/stat"
+}
+
+open_curve() { # agent-pid: open loops at $RATES with CPU time per request on both sides
+  [[ -n ${RATES:-} ]] || return 0
+  echo "| open loop | rps | p50 ms | p99 ms | errors | agent CPU µs/request | load generator CPU µs/request |" \
+    | tee "$OUT/open-curve.md"
+  echo "|---|---|---|---|---|---|---|" | tee -a "$OUT/open-curve.md"
+  local rate before after client TIMEFORMAT='%U %S'
+  for rate in ${RATES//,/ }; do
+    before=$(cpu_seconds "$1")
+    client=$({ time "${CLIENT[@]}" "$LOADGEN" --model policy --concurrency '' --open-rate "$rate" \
+      --duration "$STEP" --warm-up "$WARM" --threads "$CLIENT_THREADS" "${PACER[@]}" \
+      --target http://127.0.0.1:18001 --json "$OUT/open-$rate.json" >/dev/null 2>&1; } 2>&1)
+    after=$(cpu_seconds "$1")
+    # CPU time covers the warm-up too: per request of everything sent.
+    "${PYTHON:-python3}" -c 'import json, sys
+s = json.load(open(sys.argv[1]))["steps"][0]
+sent = float(sys.argv[2]) * (float(sys.argv[3]) + float(sys.argv[4]))
+agent = (float(sys.argv[6]) - float(sys.argv[5])) / sent * 1e6
+client = sum(map(float, sys.argv[7].split())) / sent * 1e6
+print("| %.0f/s | %.0f | %.3f | %.3f | %d | %.1f | %.1f |" % (s["target_rps"], s["rps"], s["p50_ms"], s["p99_ms"], s["errors"], agent, client))' \
+      "$OUT/open-$rate.json" "$rate" "$STEP" "$WARM" "$before" "$after" "$client" | tee -a "$OUT/open-curve.md"
+  done
+}
+
 serve_agent() { # label profile-file
   port_free 18001
   "${SERVER[@]}" "$AGENT" serve --model "policy=$MODEL" \
@@ -84,6 +114,7 @@ serve_agent() { # label profile-file
   server_latency "$1"
   echo "agent ($1) memory after the sweep, MiB (VmHWM VmRSS): $(rss "$pid")" | tee -a "$OUT/load-$1.md"
   rss "$pid" >"$OUT/rss-$1.txt"
+  if [[ $1 == fixed ]]; then open_curve "$pid"; fi
   kill "$pid"
   wait "$pid" 2>/dev/null || true
 }
