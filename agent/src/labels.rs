@@ -1,176 +1,60 @@
-//! Capability labels for the Node: Node Feature Discovery's names for CPU and memory, NVIDIA
-//! GPU Feature Discovery's for GPUs, under `hw.policyserve.io/`, plus the hardware class.
+//! The Node's capability labels from a [`Hardware`] description, written through the shared
+//! [`CapabilityLabels`] type the operator reads them with.
 //!
 //! Pure functions of a [`Hardware`]: the same machine always gives the same labels, which is
 //! what keeps server-side apply from touching the Node on every re-detection.
 
 use std::collections::BTreeMap;
 
-use policyserve_crds::{CAPABILITY_LABEL_PREFIX, HARDWARE_CLASS_LABEL};
+use policyserve_crds::{CapabilityLabels, GpuLabels};
 
 use crate::hardware::{CpuFlag, Hardware};
 
-/// The most characters a label value may have.
-const MAX_VALUE_LEN: usize = 63;
+/// What `hw` says, in the labels' terms.
+pub fn capabilities(hw: &Hardware) -> CapabilityLabels {
+    let cpu = &hw.cpu;
+    CapabilityLabels {
+        cpu_flags: CpuFlag::ALL
+            .into_iter()
+            .filter(|flag| hw.has(*flag))
+            .map(|flag| flag.name().to_owned())
+            .collect(),
+        cpu_vendor: Some(cpu.vendor.clone()),
+        cpu_family: Some(cpu.family),
+        cpu_model_id: Some(cpu.model),
+        cpu_cores: Some(cpu.physical_cores),
+        cpu_threads: Some(cpu.logical_cpus),
+        cpu_sockets: Some(cpu.sockets),
+        cpu_usable: Some(cpu.usable_cpus),
+        memory_total_gib: Some(hw.memory.total_mib / 1024),
+        memory_usable_mib: Some(hw.memory.usable_mib),
+        memory_numa_nodes: Some(hw.memory.numa_nodes),
+        // GPU Feature Discovery describes a node by its first GPU: nodes hold one model.
+        gpu: hw.gpus.first().map(|gpu| GpuLabels {
+            count: u32::try_from(hw.gpus.len()).unwrap_or(u32::MAX),
+            product: Some(gpu.product.clone()),
+            memory_mib: Some(gpu.memory_mib),
+            compute_capability: Some((gpu.compute_capability.major, gpu.compute_capability.minor)),
+            driver_version: Some((gpu.cuda_driver_version.major, gpu.cuda_driver_version.minor)),
+            mig_capable: Some(gpu.mig_capable),
+        }),
+        source: Some(hw.source.as_str().to_owned()),
+        hardware_class: Some(hw.class().as_str().to_owned()),
+    }
+}
 
 /// All capability labels of `hw` (`hw.policyserve.io/...`) and `policyserve.io/hardware-class`.
-/// Absent facts have no label rather than a `false` one, as NFD does, except `mig.capable`,
-/// which GPU Feature Discovery sets either way.
 pub fn labels(hw: &Hardware) -> BTreeMap<String, String> {
-    let mut labels = BTreeMap::new();
-    let mut put = |key: &str, value: String| {
-        labels.insert(format!("{CAPABILITY_LABEL_PREFIX}{key}"), value);
-    };
-    let cpu = &hw.cpu;
-    for flag in CpuFlag::ALL.into_iter().filter(|flag| hw.has(*flag)) {
-        put(&format!("cpu-cpuid.{}", flag.name()), "true".into());
-    }
-    put("cpu-model.vendor_id", sanitize_value(&cpu.vendor));
-    put("cpu-model.family", cpu.family.to_string());
-    put("cpu-model.id", cpu.model.to_string());
-    put("cpu-cores", cpu.physical_cores.to_string());
-    put("cpu-threads", cpu.logical_cpus.to_string());
-    put("cpu-sockets", cpu.sockets.to_string());
-    put("cpu-usable", decimal(cpu.usable_cpus));
-    put("memory-total-gib", (hw.memory.total_mib / 1024).to_string());
-    put("memory-usable-mib", hw.memory.usable_mib.to_string());
-    if hw.memory.numa_nodes > 1 {
-        put("memory-numa", "true".into());
-    }
-    put("memory-numa-nodes", hw.memory.numa_nodes.to_string());
-    // GPU Feature Discovery describes a node by its first GPU: nodes hold one model.
-    if let Some(gpu) = hw.gpus.first() {
-        put("gpu.count", hw.gpus.len().to_string());
-        put("gpu.product", sanitize_value(&gpu.product));
-        put("gpu.memory", gpu.memory_mib.to_string());
-        put(
-            "gpu.compute.major",
-            gpu.compute_capability.major.to_string(),
-        );
-        put(
-            "gpu.compute.minor",
-            gpu.compute_capability.minor.to_string(),
-        );
-        put(
-            "cuda.driver-version.major",
-            gpu.cuda_driver_version.major.to_string(),
-        );
-        put(
-            "cuda.driver-version.minor",
-            gpu.cuda_driver_version.minor.to_string(),
-        );
-        put("mig.capable", gpu.mig_capable.to_string());
-    }
-    put("source", hw.source.as_str().into());
-    labels.insert(HARDWARE_CLASS_LABEL.into(), hw.class().as_str().into());
-    labels
-}
-
-/// A CPU count as a short decimal: millicore precision, no trailing zeros (`1.5`, `2`, `0.333`).
-fn decimal(value: f64) -> String {
-    let rounded = (value * 1000.0).round() / 1000.0;
-    // Display of f64 prints the shortest form that round-trips: `1.5`, `2`, `0.333`.
-    format!("{rounded}")
-}
-
-/// Makes `raw` a valid label value the way GPU Feature Discovery does (drop other characters,
-/// spaces become `-`), then trims to 63 characters with alphanumeric ends. `unknown` when
-/// nothing is left.
-pub fn sanitize_value(raw: &str) -> String {
-    let kept: String = raw
-        .trim()
-        .chars()
-        .filter_map(|c| match c {
-            ' ' => Some('-'),
-            c if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') => Some(c),
-            _ => None,
-        })
-        .collect();
-    let cut: String = kept.chars().take(MAX_VALUE_LEN).collect();
-    let trimmed = cut.trim_matches(|c: char| !c.is_ascii_alphanumeric());
-    if trimmed.is_empty() {
-        "unknown".into()
-    } else {
-        trimmed.into()
-    }
-}
-
-/// Whether `value` is a valid label value: at most 63 characters of `[A-Za-z0-9-_.]`, starting
-/// and ending with an alphanumeric (empty is valid too).
-pub fn is_valid_value(value: &str) -> bool {
-    let bytes = value.as_bytes();
-    let allowed = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
-    value.is_empty()
-        || (bytes.len() <= MAX_VALUE_LEN
-            && bytes.iter().all(allowed)
-            && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
-            && bytes.last().is_some_and(u8::is_ascii_alphanumeric))
-}
-
-/// Whether `key` is a valid qualified label key: an optional DNS-subdomain prefix and `/`, then
-/// a name of at most 63 characters of `[A-Za-z0-9-_.]` with alphanumeric ends.
-pub fn is_valid_key(key: &str) -> bool {
-    let (prefix, name) = match key.rsplit_once('/') {
-        Some((prefix, name)) => (Some(prefix), name),
-        None => (None, key),
-    };
-    let prefix_ok = prefix.is_none_or(|p| {
-        !p.is_empty()
-            && p.len() <= 253
-            && p.split('.').all(|part| {
-                !part.is_empty()
-                    && part
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                    && !part.starts_with('-')
-                    && !part.ends_with('-')
-            })
-    });
-    prefix_ok && !name.is_empty() && is_valid_value(name)
+    capabilities(hw).to_labels()
 }
 
 #[cfg(test)]
 mod tests {
+    use policyserve_crds::labels::{is_valid_key, is_valid_value};
+    use policyserve_crds::{CAPABILITY_LABEL_PREFIX, HARDWARE_CLASS_LABEL};
+
     use super::*;
-
     use crate::hardware::tests::{gpu_node, small_node};
-
-    #[test]
-    fn decimals_are_short() {
-        assert_eq!(decimal(1.5), "1.5");
-        assert_eq!(decimal(2.0), "2");
-        assert_eq!(decimal(1.0 / 3.0), "0.333");
-        assert_eq!(decimal(64.0), "64");
-    }
-
-    #[test]
-    fn gpu_products_are_sanitized_as_gpu_feature_discovery_does() {
-        assert_eq!(
-            sanitize_value("NVIDIA A100-SXM4-40GB"),
-            "NVIDIA-A100-SXM4-40GB"
-        );
-        assert_eq!(
-            sanitize_value("NVIDIA GeForce RTX 4090 (Laptop)"),
-            "NVIDIA-GeForce-RTX-4090-Laptop"
-        );
-        assert_eq!(sanitize_value("  ---  "), "unknown");
-        let long = sanitize_value(&"x".repeat(40).replace('x', "ab "));
-        assert!(is_valid_value(&long), "{long}");
-    }
-
-    #[test]
-    fn validity_checks_follow_the_kubernetes_rules() {
-        assert!(is_valid_value("AMD"));
-        assert!(is_valid_value("1.5"));
-        assert!(is_valid_value(""));
-        assert!(!is_valid_value("-a"));
-        assert!(!is_valid_value("a b"));
-        assert!(!is_valid_value(&"a".repeat(64)));
-        assert!(is_valid_key("hw.policyserve.io/cpu-cpuid.AVX512VNNI"));
-        assert!(is_valid_key("policyserve.io/hardware-class"));
-        assert!(!is_valid_key("HW.policyserve.io/x"));
-        assert!(!is_valid_key("hw.policyserve.io/"));
-    }
 
     #[test]
     fn every_label_key_and_value_is_valid() {

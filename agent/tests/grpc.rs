@@ -276,10 +276,11 @@ async fn many_concurrent_clients_each_get_their_own_answer() {
 
 #[tokio::test]
 async fn a_full_queue_answers_resource_exhausted() {
-    // One slow-to-close batch at a time and room for two waiting requests.
+    // While the one worker runs a large batch it takes nothing from the queue, so requests
+    // beyond the queue's two places are refused rather than left to wait.
+    let big = 4000;
     let config = EngineConfig {
-        max_batch_size: 1000,
-        batch_delay_micros: 300_000,
+        max_batch_size: big,
         ..EngineConfig::default()
     };
     let server = start(
@@ -290,24 +291,34 @@ async fn a_full_queue_answers_resource_exhausted() {
         },
     )
     .await;
-    let mut tasks = tokio::task::JoinSet::new();
-    for seed in 0..20 {
-        let mut c = server.client.clone();
-        tasks.spawn(async move {
-            c.model_infer(request(1, observation(seed)))
-                .await
-                .map(|_| ())
-        });
-    }
+    let mut c = server.client.clone();
+    let values: Vec<f32> = (0..big as usize).flat_map(observation).collect();
+    let busy = tokio::spawn(async move { c.model_infer(request(big as usize, values)).await });
     let mut exhausted = 0;
-    while let Some(joined) = tasks.join_next().await {
-        match joined.unwrap() {
-            Ok(()) => {}
-            Err(status) if status.code() == Code::ResourceExhausted => exhausted += 1,
-            Err(other) => panic!("unexpected {other}"),
+    for _ in 0..20 {
+        // Give the worker time to take the large request before the small ones arrive.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for seed in 0..20 {
+            let mut c = server.client.clone();
+            tasks.spawn(async move { c.model_infer(request(1, observation(seed))).await });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            match joined.unwrap() {
+                Ok(_) => {}
+                Err(status) if status.code() == Code::ResourceExhausted => exhausted += 1,
+                Err(other) => panic!("unexpected {other}"),
+            }
+        }
+        if exhausted > 0 {
+            break;
         }
     }
-    assert!(exhausted > 0, "20 requests fit a queue of 2 plus one batch");
+    busy.await.unwrap().expect("the large request is answered");
+    assert!(
+        exhausted > 0,
+        "requests beyond a queue of 2 were all accepted"
+    );
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 
 pub mod conditions;
 mod engine;
+pub mod labels;
 pub mod manifests;
 mod model;
 mod optimization_profile;
@@ -12,7 +13,11 @@ pub mod quantity;
 mod targets;
 
 pub use engine::{EngineConfig, ExecutionProvider, Measurement, Precision};
-pub use model::{ConfigMapModel, ModelSource, ModelSpec, ModelVariant, UrlModel};
+pub use labels::{CAPABILITY_LABEL_PREFIX, CapabilityLabels, GpuLabels, HARDWARE_CLASS_LABEL};
+pub use model::{
+    ConfigMapModel, MAX_PATH_LENGTH, MAX_URI_LENGTH, MAX_VARIANTS, ModelSource, ModelSpec,
+    ModelVariant, UrlModel,
+};
 pub use optimization_profile::{
     AgentEndpoint, OptimizationProfile, OptimizationProfileSpec, OptimizationProfileStatus,
 };
@@ -31,31 +36,39 @@ pub const GROUP: &str = "policyserve.io";
 pub const NODE_LABEL: &str = "policyserve.io/node";
 /// Label on an OptimizationProfile naming its PolicyService.
 pub const POLICY_SERVICE_LABEL: &str = "policyserve.io/policy-service";
-/// Node label with the node's hardware class.
-pub const HARDWARE_CLASS_LABEL: &str = "policyserve.io/hardware-class";
 /// Node annotation with the node's full hardware description as JSON.
 pub const HARDWARE_ANNOTATION: &str = "policyserve.io/hardware";
-/// Prefix of the capability labels the agent sets on its Node.
-pub const CAPABILITY_LABEL_PREFIX: &str = "hw.policyserve.io/";
 /// The agent's gRPC port (Triton's convention).
 pub const AGENT_GRPC_PORT: u16 = 8001;
 /// The agent's metrics port.
 pub const AGENT_METRICS_PORT: u16 = 8002;
+/// The agent's model root: where `model.path` sources live on a node. The chart mounts a node
+/// folder here, read-only, when `agent.hostModels.enabled` is set.
+pub const MODEL_ROOT: &str = "/var/lib/policyserve/models";
+
+/// Longest Kubernetes object name that is also a label value.
+const MAX_NAME: usize = 63;
 
 /// The OptimizationProfile name for a PolicyService on a node: `<policyservice>-<node>`, cut
 /// and given a stable hash suffix when longer than 63 characters so it also fits in a label.
 pub fn optimization_profile_name(policy_service: &str, node: &str) -> String {
-    const MAX: usize = 63;
     let full = format!("{policy_service}-{node}");
-    if full.len() <= MAX {
-        return full;
+    shorten(&full, &full, MAX_NAME)
+}
+
+/// `name` when it has at most `max` characters; else its first characters and a stable hash of
+/// `identity` (`<start>-<10 hex digits>`), so that distinct identities (the name before any
+/// rewriting) keep distinct names. ASCII names.
+pub fn shorten(name: &str, identity: &str, max: usize) -> String {
+    if name.len() <= max {
+        return name.to_owned();
     }
     // FNV-1a: stable across builds and platforms, unlike std's hasher.
-    let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+    let hash = identity.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     });
     let suffix = format!("{:010x}", hash & 0xff_ffff_ffff);
-    let keep = full[..MAX - suffix.len() - 1].trim_end_matches(['-', '.']);
+    let keep = name[..max - suffix.len() - 1].trim_end_matches(['-', '.']);
     format!("{keep}-{suffix}")
 }
 

@@ -5,6 +5,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::Precision;
 
+/// Longest `model.path`: Linux's PATH_MAX.
+pub const MAX_PATH_LENGTH: u32 = 4096;
+/// Longest `model.url.uri`: what browsers and most servers accept.
+pub const MAX_URI_LENGTH: u32 = 2048;
+/// Most variants a model has: one per precision besides fp32 (fp16 and int8).
+pub const MAX_VARIANTS: u32 = 2;
+
 /// Exactly one source of an ONNX model file.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -20,8 +27,10 @@ pub struct ModelSource {
     /// An HTTP(S) address the agent downloads the model from, checked against a SHA-256 digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<UrlModel>,
-    /// An absolute path to the model file, present on every node that may serve it.
+    /// An absolute path to the model file, present on every node that may serve it (at most
+    /// 4096 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = MAX_PATH_LENGTH))]
     pub path: Option<String>,
 }
 
@@ -43,11 +52,12 @@ impl ModelSource {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigMapModel {
-    /// Name of the ConfigMap, in the PolicyService's namespace.
-    #[schemars(length(min = 1))]
+    /// Name of the ConfigMap, in the PolicyService's namespace (a DNS subdomain, at most 253
+    /// characters).
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
-    /// Key in the ConfigMap's binaryData.
-    #[schemars(length(min = 1))]
+    /// Key in the ConfigMap's binaryData (at most 253 characters, as Kubernetes allows).
+    #[schemars(length(min = 1, max = 253))]
     pub key: String,
 }
 
@@ -55,11 +65,11 @@ pub struct ConfigMapModel {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct UrlModel {
-    /// The http:// or https:// address of the model file.
-    #[schemars(regex(pattern = r"^https?://"))]
+    /// The http:// or https:// address of the model file (at most 2048 characters).
+    #[schemars(regex(pattern = r"^https?://"), length(max = MAX_URI_LENGTH))]
     pub uri: String,
     /// Lower-case hex SHA-256 of the file; a download that does not match is refused.
-    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
+    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"), length(max = 64))]
     pub sha256: String,
 }
 
@@ -71,8 +81,10 @@ pub struct ModelSpec {
     #[serde(flatten)]
     pub source: ModelSource,
     /// The same model in other precisions (for example an int8 file quantized from it); the
-    /// tuner may choose one where the node's hardware runs it well.
+    /// tuner may choose one where the node's hardware runs it well. At most two: one fp16 and
+    /// one int8.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_VARIANTS))]
     pub variants: Vec<ModelVariant>,
 }
 

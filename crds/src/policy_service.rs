@@ -93,7 +93,8 @@ impl ProfileSelection {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
     "rule": "self.minReplicas <= self.maxReplicas",
-    "message": "minReplicas must not exceed maxReplicas"
+    "message": "minReplicas must not exceed maxReplicas",
+    "fieldPath": ".maxReplicas"
 }]))]
 pub struct Placement {
     /// Only nodes whose labels match may serve; all nodes with a policyserve agent when unset.
@@ -138,8 +139,9 @@ impl Default for Placement {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TuningPins {
-    /// Execution providers in priority order.
+    /// Execution providers in priority order, each at most once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 3))]
     pub execution_providers: Option<Vec<ExecutionProvider>>,
     /// Model precision; needs a variant of that precision (or fp16 on TensorRT).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -189,24 +189,34 @@ pub struct NodeCapacity {
     pub variants: Vec<Precision>,
 }
 
+/// Most values one axis of a search space lists; the thread ladder of a 1024-CPU node has 11.
+pub const MAX_AXIS_VALUES: u32 = 16;
+
 /// The engine configurations the agent's tuner may explore: the cross product of these lists.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SearchSpace {
-    /// Execution-provider lists to try, each in priority order.
+    /// Execution-provider lists to try, each in priority order (at most 16 lists).
+    #[schemars(length(max = MAX_AXIS_VALUES))]
     pub execution_providers: Vec<Vec<ExecutionProvider>>,
     /// Model precisions to try (each needs a file of that precision, except fp16 on TensorRT).
+    #[schemars(length(max = MAX_AXIS_VALUES))]
     pub precisions: Vec<Precision>,
     /// Intra-op thread counts to try.
+    #[schemars(length(max = MAX_AXIS_VALUES))]
     pub intra_op_threads: Vec<u32>,
     /// Model instance counts to try.
     #[serde(default = "one_instance")]
+    #[schemars(length(max = MAX_AXIS_VALUES))]
     pub instances: Vec<u32>,
     /// Maximum batch sizes to try.
+    #[schemars(length(max = MAX_AXIS_VALUES))]
     pub max_batch_sizes: Vec<u32>,
     /// Batcher queue delays to try, microseconds.
+    #[schemars(length(max = MAX_AXIS_VALUES))]
     pub batch_delays_micros: Vec<u64>,
     /// CPU memory arena settings to try.
+    #[schemars(length(max = MAX_AXIS_VALUES))]
     pub memory_arena: Vec<bool>,
 }
 

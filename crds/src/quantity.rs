@@ -1,5 +1,10 @@
 //! Kubernetes resource quantities (`512Mi`, `1G`, `1.5Gi`, `2e9`) as byte counts.
 
+/// The grammar of a Kubernetes quantity as a regular expression, the one Kubernetes' own CRD
+/// generator (controller-gen) puts on `resource.Quantity` fields, so that every apiserver, old
+/// or new, refuses a memory limit such as `lots` before the operator sees it.
+pub const QUANTITY_PATTERN: &str = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
+
 /// A string that is not a Kubernetes quantity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuantityError(pub String);

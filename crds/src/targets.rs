@@ -13,15 +13,18 @@ use serde::{Deserialize, Serialize};
     "x-kubernetes-validations" = [
         {
             "rule": "!has(self.latencyP50Ms) || !has(self.latencyP95Ms) || self.latencyP50Ms <= self.latencyP95Ms",
-            "message": "latencyP50Ms must not exceed latencyP95Ms"
+            "message": "latencyP50Ms must not exceed latencyP95Ms",
+            "fieldPath": ".latencyP50Ms"
         },
         {
             "rule": "!has(self.latencyP95Ms) || !has(self.latencyP99Ms) || self.latencyP95Ms <= self.latencyP99Ms",
-            "message": "latencyP95Ms must not exceed latencyP99Ms"
+            "message": "latencyP95Ms must not exceed latencyP99Ms",
+            "fieldPath": ".latencyP95Ms"
         },
         {
             "rule": "!has(self.latencyP50Ms) || !has(self.latencyP99Ms) || self.latencyP50Ms <= self.latencyP99Ms",
-            "message": "latencyP50Ms must not exceed latencyP99Ms"
+            "message": "latencyP50Ms must not exceed latencyP99Ms",
+            "fieldPath": ".latencyP50Ms"
         }
     ]
 ))]
@@ -43,8 +46,10 @@ pub struct Targets {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("minimum" = 0, "exclusiveMinimum" = true))]
     pub throughput_rps: Option<f64>,
-    /// Memory the model may use on each serving node, as a Kubernetes quantity (`512Mi`).
+    /// Memory the model may use on each serving node, as a Kubernetes quantity (`512Mi`,
+    /// `1.5Gi`, `2e9`); anything else is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = crate::quantity::QUANTITY_PATTERN))]
     pub memory_limit: Option<Quantity>,
 }
 

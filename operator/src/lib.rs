@@ -18,7 +18,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 pub use args::Args;
 pub use controller::{
-    ControllerConfig, EndpointsApi, FIELD_MANAGER, FINALIZER, run_controller, service_name,
+    ControllerConfig, EndpointsApi, FIELD_MANAGER, FINALIZER, Invalid, run_controller,
+    service_name, validate,
 };
 pub use error::{Error, Result};
 pub use metrics::Metrics;

@@ -1,10 +1,19 @@
-//! Test harness on a real kube-apiserver + etcd.
+//! Test harness on a real kube-apiserver + etcd, and beside it a current CRD server.
 //!
 //! The cluster in `KUBECONFIG` is used when set (`scripts/with-control-plane.sh` sets it for a
 //! whole `cargo test` run). Otherwise the first test of a test binary starts a private control
 //! plane from the binaries in `KUBEBUILDER_ASSETS` (envtest's convention; `make deps` fills it),
 //! and a watchdog stops it when the test binary exits. Each test works in its own namespace and
 //! names cluster-scoped objects with a unique prefix, so tests run in parallel.
+//!
+//! That control plane is Kubernetes 1.20: it drops CEL rules (`x-kubernetes-validations`)
+//! silently and has neither `discovery.k8s.io/v1` nor gRPC probes. For what only current
+//! Kubernetes checks, a test asks for [`current_crd_client`]: Kubernetes 1.36's
+//! apiextensions-apiserver (`scripts/apiext.sh`), started beside the control plane with its
+//! authentication and namespaces delegated to it (`APIEXT_KUBECONFIG` when set, else started on
+//! first use). It serves CRDs and custom resources only, no Nodes, Services or ConfigMaps, and
+//! answers 404 on `/apis`, so kubectl, helm and kube's discovery cannot use it: tests address it
+//! with typed `Api`s or an explicit `ApiResource`.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -17,6 +26,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
+
+pub mod specs;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
@@ -57,7 +68,50 @@ fn start_control_plane() -> Result<PathBuf> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    // The apiserver and etcd run in their own sessions; stop them once this process is gone.
+    stop_when_this_process_exits(&script, "CP_RUN_DIR", &run_dir)?;
+    Ok(run_dir.join("kubeconfig"))
+}
+
+/// The kubeconfig of the current (1.36) CRD server, starting one beside the control plane on
+/// first use.
+///
+/// # Panics
+/// When none is configured and none can be started: the tests of current Kubernetes fail, they
+/// never skip.
+pub fn current_crd_kubeconfig() -> &'static Path {
+    static KUBECONFIG: OnceLock<PathBuf> = OnceLock::new();
+    KUBECONFIG.get_or_init(|| match std::env::var_os("APIEXT_KUBECONFIG") {
+        Some(path) => PathBuf::from(path),
+        None => match start_current_crd_server() {
+            Ok(path) => path,
+            Err(e) => panic!("no current CRD server for the tests: {e:#}"),
+        },
+    })
+}
+
+fn start_current_crd_server() -> Result<PathBuf> {
+    let core = kubeconfig();
+    let run_dir = std::env::temp_dir().join(format!("policyserve-apiext-{}", std::process::id()));
+    let script = workspace_root().join("scripts/apiext.sh");
+    let output = std::process::Command::new(&script)
+        .arg("start")
+        .arg(core)
+        .env("AX_RUN_DIR", &run_dir)
+        .output()
+        .with_context(|| format!("failed to run {}", script.display()))?;
+    if !output.status.success() {
+        bail!(
+            "the current CRD server did not start (run `make deps`): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    stop_when_this_process_exits(&script, "AX_RUN_DIR", &run_dir)?;
+    Ok(run_dir.join("kubeconfig"))
+}
+
+/// Starts a watchdog that runs `script stop` (with `dir_var` set to `run_dir`) and removes
+/// `run_dir` once this test binary is gone: the servers run in their own sessions.
+fn stop_when_this_process_exits(script: &Path, dir_var: &str, run_dir: &Path) -> Result<()> {
     let watchdog = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 1; done; '{script}' stop; rm -rf '{run}'",
         pid = std::process::id(),
@@ -66,12 +120,20 @@ fn start_control_plane() -> Result<PathBuf> {
     );
     std::process::Command::new("setsid")
         .args(["sh", "-c", &watchdog])
-        .env("CP_RUN_DIR", &run_dir)
+        .env(dir_var, run_dir)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .context("failed to start the control-plane watchdog")?;
-    Ok(run_dir.join("kubeconfig"))
+        .context("failed to start a watchdog")?;
+    Ok(())
+}
+
+/// A client for the current (1.36) CRD server, with the control plane's credentials.
+///
+/// # Errors
+/// When its kubeconfig cannot be read.
+pub async fn current_crd_client() -> Result<Client> {
+    client_from(current_crd_kubeconfig()).await
 }
 
 /// A client for the test cluster. Make one per test: a client belongs to the tokio runtime
@@ -80,7 +142,11 @@ fn start_control_plane() -> Result<PathBuf> {
 /// # Errors
 /// When the kubeconfig cannot be read.
 pub async fn client() -> Result<Client> {
-    let kubeconfig = Kubeconfig::read_from(kubeconfig())?;
+    client_from(kubeconfig()).await
+}
+
+async fn client_from(path: &Path) -> Result<Client> {
+    let kubeconfig = Kubeconfig::read_from(path)?;
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
     Ok(Client::try_from(config)?)
 }
@@ -137,14 +203,45 @@ pub async fn install_crds(client: &Client) -> Result<()> {
                 other.with_context(|| format!("apiserver refused CRD {name}"))?;
             }
         }
-        let established = kube::runtime::wait::conditions::is_crd_established();
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            kube::runtime::wait::await_condition(api.clone(), &name, established),
+        wait_established(&api, &name).await?;
+    }
+    Ok(())
+}
+
+/// Installs the generated CRDs the way Helm 4 does on a current cluster, by server-side apply
+/// (field manager `helm`), and waits until both are Established. This is the path that refuses
+/// a CRD whose CEL rules exceed their cost budget.
+///
+/// # Errors
+/// When the apiserver refuses a CRD, with its message, or it is not Established within 30 s.
+pub async fn apply_crds(client: &Client) -> Result<()> {
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    for crd in policyserve_crds::manifests::crds() {
+        let name = crd.metadata.name.clone().context("CRD without a name")?;
+        api.patch(
+            &name,
+            &kube::api::PatchParams::apply("helm").force(),
+            &kube::api::Patch::Apply(&crd),
         )
         .await
-        .with_context(|| format!("CRD {name} not Established in 30 s"))??;
+        .with_context(|| format!("apiserver refused CRD {name}"))?;
+        wait_established(&api, &name).await?;
     }
+    Ok(())
+}
+
+/// Waits until the CRD `name` is Established, for at most 30 seconds.
+///
+/// # Errors
+/// When it is not Established in time, or the watch fails.
+pub async fn wait_established(api: &Api<CustomResourceDefinition>, name: &str) -> Result<()> {
+    let established = kube::runtime::wait::conditions::is_crd_established();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        kube::runtime::wait::await_condition(api.clone(), name, established),
+    )
+    .await
+    .with_context(|| format!("CRD {name} not Established in 30 s"))??;
     Ok(())
 }
 

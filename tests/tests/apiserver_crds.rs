@@ -5,6 +5,7 @@ use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use policyserve_crds::{PolicyService, PolicyServiceStatus, ProfileSelection, ScalingStatus};
+use policyserve_tests::specs::{Enforced, invalid_policy_services, lander};
 use policyserve_tests::{client, install_crds, test_namespace, workspace_root};
 use serde_json::{Value, json};
 
@@ -13,21 +14,6 @@ async fn setup(prefix: &str) -> Result<(Client, String)> {
     install_crds(&client).await?;
     let namespace = test_namespace(&client, prefix).await?;
     Ok((client, namespace))
-}
-
-fn lander(name: &str) -> Value {
-    json!({
-        "apiVersion": "policyserve.io/v1alpha1",
-        "kind": "PolicyService",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {
-                "configMap": {"name": "lander-model", "key": "model.onnx"},
-                "variants": [{"precision": "int8", "configMap": {"name": "lander-model", "key": "model.int8.onnx"}}]
-            },
-            "targets": {"latencyP50Ms": 2.0, "latencyP99Ms": 5.0, "throughputRps": 5000, "memoryLimit": "512Mi"}
-        }
-    })
 }
 
 /// Creates `object` as a PolicyService and returns the apiserver's refusal message.
@@ -101,41 +87,26 @@ async fn a_valid_policy_service_round_trips_with_defaults_filled_in() -> Result<
 
 #[tokio::test]
 async fn invalid_policy_services_are_rejected_with_a_message_naming_the_field() -> Result<()> {
+    // Kubernetes 1.20 drops the CEL rules, so it refuses only what the schema says; the
+    // operator's validation covers the rest (apiserver_current_crds.rs runs the whole table on
+    // 1.36 and through the operator).
     let (client, namespace) = setup("invalid").await?;
-    let mut negative_latency = lander("negative");
-    negative_latency["spec"]["targets"]["latencyP99Ms"] = json!(-1.0);
-    let mut unknown_profile = lander("unknown-profile");
-    unknown_profile["spec"]["profile"] = json!("Turbo");
-    let mut no_model = lander("no-model");
-    no_model["spec"].as_object_mut().unwrap().remove("model");
-    let mut no_targets = lander("no-targets");
-    no_targets["spec"]
-        .as_object_mut()
-        .unwrap()
-        .remove("targets");
-    let mut empty_targets = lander("empty-targets");
-    empty_targets["spec"]["targets"] = json!({});
-    let mut bad_hash = lander("bad-hash");
-    bad_hash["spec"]["model"] =
-        json!({"url": {"uri": "https://models.example/l.onnx", "sha256": "abc"}});
-    let mut zero_replicas = lander("zero-replicas");
-    zero_replicas["spec"]["placement"] = json!({"minReplicas": 0});
-
-    let cases = [
-        (negative_latency, "spec.targets.latencyP99Ms"),
-        (unknown_profile, "spec.profile"),
-        (no_model, "spec.model"),
-        (no_targets, "spec.targets"),
-        (empty_targets, "spec.targets"),
-        (bad_hash, "spec.model.url.sha256"),
-        (zero_replicas, "spec.placement.minReplicas"),
-    ];
-    for (object, field) in cases {
-        let name = object["metadata"]["name"].clone();
-        let message = rejection(&client, &namespace, object).await?;
+    let cases: Vec<_> = invalid_policy_services()
+        .into_iter()
+        .filter(|case| case.enforced == Enforced::Schema)
+        .collect();
+    assert!(
+        cases.len() >= 8,
+        "the schema cases shrank to {}",
+        cases.len()
+    );
+    for case in cases {
+        let message = rejection(&client, &namespace, case.object).await?;
         assert!(
-            message.contains(field),
-            "{name}: message {message:?} should name {field}"
+            message.contains(case.field),
+            "{}: message {message:?} should name {}",
+            case.name,
+            case.field
         );
     }
     Ok(())

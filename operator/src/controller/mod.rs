@@ -37,6 +37,7 @@ use policyserve_crds::{
 pub use apply::FIELD_MANAGER;
 pub use service::{EndpointsApi, service_name};
 pub use status::reasons;
+pub use validate::{Invalid, validate};
 
 use crate::metrics::Metrics;
 use crate::{Error, Result};

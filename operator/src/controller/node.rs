@@ -1,19 +1,10 @@
-//! What the operator knows about a Node, read from its labels: the agent's capability labels
-//! (`hw.policyserve.io/…`) first, Node Feature Discovery and GPU Feature Discovery labels where
-//! the agent's are absent.
+//! What the operator knows about a Node, read from its labels through the shared
+//! [`CapabilityLabels`] (the agent's labels first, Node Feature Discovery's and GPU Feature
+//! Discovery's where the agent's are absent).
 
 use std::collections::BTreeMap;
 
-use policyserve_crds::{
-    CAPABILITY_LABEL_PREFIX, HARDWARE_CLASS_LABEL, HardwareClass, NodeCapacity,
-};
-
-/// Node Feature Discovery's label prefix (CPU flags).
-const NFD_PREFIX: &str = "feature.node.kubernetes.io/";
-/// GPU Feature Discovery's label prefix.
-const GFD_PREFIX: &str = "nvidia.com/";
-/// CPU flags that make int8 inference fast.
-const INT8_FLAGS: [&str; 3] = ["AVX512VNNI", "AVXVNNI", "AMXINT8"];
+use policyserve_crds::{CapabilityLabels, HardwareClass, NodeCapacity};
 
 /// A node as the planner sees it.
 #[derive(Clone, Debug, PartialEq)]
@@ -35,45 +26,32 @@ pub struct NodeFacts {
 impl NodeFacts {
     /// Reads a node's labels.
     pub fn from_labels(name: &str, labels: &BTreeMap<String, String>) -> Self {
-        let hw = |key: &str| labels.get(&format!("{CAPABILITY_LABEL_PREFIX}{key}"));
-        let hw_or = |key: &str, fallback: &str| hw(key).or_else(|| labels.get(fallback));
-        let number = |text: Option<&String>| text.and_then(|v| v.trim().parse::<f64>().ok());
-
-        let usable_cpus = number(hw("cpu-usable"))
-            .or_else(|| number(hw("cpu-threads")))
+        let read = CapabilityLabels::from_labels(labels);
+        let usable_cpus = read
+            .cpu_usable
+            .or(read.cpu_threads.map(f64::from))
             .map_or(1, |cpus| (cpus.floor() as u32).max(1));
-        let physical_cores = number(hw("cpu-cores"))
-            .map_or(usable_cpus, |cores| (cores as u32).clamp(1, usable_cpus));
-        let flag = |name: &str| {
-            hw_or(
-                &format!("cpu-cpuid.{name}"),
-                &format!("{NFD_PREFIX}cpu-cpuid.{name}"),
-            )
-            .is_some_and(|v| v == "true")
-        };
-        let int8_acceleration = INT8_FLAGS.iter().any(|f| flag(f));
-        let gpu = |key: &str| number(hw_or(key, &format!("{GFD_PREFIX}{key}")));
-        let gpu_compute_capability = match (gpu("gpu.compute.major"), gpu("gpu.compute.minor")) {
-            (Some(major), minor) => Some((major as u32, minor.unwrap_or(0.0) as u32)),
-            (None, _) => None,
-        };
-        let gpu_count = gpu("gpu.count").map_or(0, |n| n as u32);
-        let memory_usable_mib = number(hw("memory-usable-mib"))
-            .or_else(|| number(hw("memory-total-gib")).map(|gib| gib * 1024.0));
-
+        let physical_cores = read
+            .cpu_cores
+            .map_or(usable_cpus, |cores| cores.clamp(1, usable_cpus));
+        let memory_usable_mib = read
+            .memory_usable_mib
+            .map(|mib| mib as f64)
+            .or_else(|| read.memory_total_gib.map(|gib| gib as f64 * 1024.0));
+        let gpu = read.gpu.as_ref();
         Self {
             name: name.to_owned(),
             labels: labels.clone(),
-            class_label: labels.get(HARDWARE_CLASS_LABEL).cloned(),
             capacity: NodeCapacity {
                 usable_cpus,
                 physical_cores,
-                int8_acceleration,
-                gpu_compute_capability,
+                int8_acceleration: read.int8_acceleration(),
+                gpu_compute_capability: gpu.and_then(|g| g.compute_capability),
                 variants: Vec::new(),
             },
             memory_usable_mib,
-            gpu_count,
+            gpu_count: gpu.map_or(0, |g| g.count),
+            class_label: read.hardware_class,
         }
     }
 

@@ -105,18 +105,9 @@ pub fn service_name(policy_service: &str) -> String {
     if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
         name.insert_str(0, "ps-");
     }
-    if name.len() > MAX {
-        // FNV-1a of the original name: stable across builds, distinct for distinct names.
-        let hash = policy_service
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-            });
-        let suffix = format!("{:010x}", hash & 0xff_ffff_ffff);
-        name.truncate(MAX - suffix.len() - 1);
-        name = format!("{}-{suffix}", name.trim_end_matches('-'));
-    }
-    name.trim_end_matches('-').to_owned()
+    policyserve_crds::shorten(name.trim_end_matches('-'), policy_service, MAX)
+        .trim_end_matches('-')
+        .to_owned()
 }
 
 fn is_dns1035_label(name: &str) -> bool {

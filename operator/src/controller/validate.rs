@@ -4,7 +4,9 @@
 
 use std::collections::HashSet;
 
-use policyserve_crds::{ExecutionProvider, ModelSource, PolicyServiceSpec, Precision};
+use policyserve_crds::{
+    ExecutionProvider, MAX_PATH_LENGTH, MAX_URI_LENGTH, ModelSource, PolicyServiceSpec, Precision,
+};
 
 use super::selector;
 
@@ -48,6 +50,12 @@ fn source(source: &ModelSource, field: &str) -> Result<(), Invalid> {
         _ => return Err(invalid(field, "set only one of configMap, url or path")),
     }
     if let Some(url) = &source.url {
+        if url.uri.len() > MAX_URI_LENGTH as usize {
+            return Err(invalid(
+                format!("{field}.url.uri"),
+                format!("must be at most {MAX_URI_LENGTH} characters"),
+            ));
+        }
         if !(url.uri.starts_with("http://") || url.uri.starts_with("https://")) {
             return Err(invalid(
                 format!("{field}.url.uri"),
@@ -66,10 +74,16 @@ fn source(source: &ModelSource, field: &str) -> Result<(), Invalid> {
             ));
         }
     }
-    if let Some(path) = &source.path
-        && !path.starts_with('/')
-    {
-        return Err(invalid(format!("{field}.path"), "must be an absolute path"));
+    if let Some(path) = &source.path {
+        if !path.starts_with('/') {
+            return Err(invalid(format!("{field}.path"), "must be an absolute path"));
+        }
+        if path.len() > MAX_PATH_LENGTH as usize {
+            return Err(invalid(
+                format!("{field}.path"),
+                format!("must be at most {MAX_PATH_LENGTH} characters"),
+            ));
+        }
     }
     if let Some(cm) = &source.config_map
         && (cm.name.is_empty() || cm.key.is_empty())
