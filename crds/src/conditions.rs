@@ -25,6 +25,53 @@ pub const SERVING: &str = "Serving";
 /// OptimizationProfile: the node's measured figures meet the targets.
 pub const TARGETS_MET: &str = "TargetsMet";
 
+/// Condition reasons, one CamelCase word each; both programs write them and the operator reads
+/// the agent's (docs/conditions.md lists what each means and what to do).
+pub mod reasons {
+    // PolicyService (written by the operator).
+    /// ProfilesAssigned=True: every chosen node has its OptimizationProfile.
+    pub const PROFILES_ASSIGNED: &str = "ProfilesAssigned";
+    /// Ready=True: serving on at least minReplicas nodes; Serving=True on a profile.
+    pub const SERVING: &str = "Serving";
+    /// Agents are loading, tuning or measuring; nothing to judge yet.
+    pub const MEASURING: &str = "Measuring";
+    /// The figures meet the target.
+    pub const TARGETS_MET: &str = "TargetsMet";
+    /// The PolicyService sets no target of this kind.
+    pub const NO_TARGET: &str = "NoTarget";
+    /// A latency target is missed.
+    pub const LATENCY_TARGET_MISSED: &str = "LatencyTargetMissed";
+    /// The throughput target is missed.
+    pub const THROUGHPUT_TARGET_MISSED: &str = "ThroughputTargetMissed";
+    /// Memory exceeds the limit, or the model would not fit it.
+    pub const MEMORY_LIMIT_EXCEEDED: &str = "MemoryLimitExceeded";
+    /// No policyserve node can serve this PolicyService.
+    pub const NO_ELIGIBLE_NODES: &str = "NoEligibleNodes";
+    /// Fewer eligible nodes than minReplicas.
+    pub const NOT_ENOUGH_ELIGIBLE_NODES: &str = "NotEnoughEligibleNodes";
+    /// The spec cannot be planned; the message names the field.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+
+    // OptimizationProfile (written by the agent).
+    /// The model is being fetched and checked.
+    pub const LOADING: &str = "Loading";
+    /// The model loaded and fits the engine.
+    pub const MODEL_LOADED: &str = "ModelLoaded";
+    /// ConfigMap, download or node file could not be read.
+    pub const MODEL_FETCH_FAILED: &str = "ModelFetchFailed";
+    /// A download's SHA-256 differs from the spec's.
+    pub const HASH_MISMATCH: &str = "HashMismatch";
+    /// ONNX Runtime refused the model, or the engine cannot serve it (also the PolicyService's
+    /// Ready reason when an agent reports it).
+    pub const MODEL_LOAD_FAILED: &str = "ModelLoadFailed";
+    /// The tuner is measuring candidates.
+    pub const TUNING: &str = "Tuning";
+    /// The tuner chose a configuration.
+    pub const TUNED: &str = "Tuned";
+    /// The agent does not serve the model.
+    pub const NOT_SERVING: &str = "NotServing";
+}
+
 /// Condition status values.
 pub mod status {
     /// The condition holds.

@@ -154,3 +154,21 @@ pub struct Measurement {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub measured_at: Option<Time>,
 }
+
+impl crate::Figures for Measurement {
+    fn latency_ms(&self, quantile: crate::Quantile) -> Option<f64> {
+        Some(match quantile {
+            crate::Quantile::P50 => self.latency_p50_ms,
+            crate::Quantile::P95 => self.latency_p95_ms,
+            crate::Quantile::P99 => self.latency_p99_ms,
+        })
+    }
+
+    fn throughput_rps(&self) -> Option<f64> {
+        Some(self.throughput_rps)
+    }
+
+    fn memory_mib(&self) -> Option<f64> {
+        Some(self.memory_mib)
+    }
+}

@@ -3,6 +3,7 @@
 
 pub mod conditions;
 mod engine;
+mod figures;
 pub mod labels;
 pub mod manifests;
 mod model;
@@ -13,6 +14,7 @@ pub mod quantity;
 mod targets;
 
 pub use engine::{EngineConfig, ExecutionProvider, Measurement, Precision};
+pub use figures::{Figures, Miss, Quantile, Target};
 pub use labels::{CAPABILITY_LABEL_PREFIX, CapabilityLabels, GpuLabels, HARDWARE_CLASS_LABEL};
 pub use model::{
     ConfigMapModel, MAX_PATH_LENGTH, MAX_URI_LENGTH, MAX_VARIANTS, ModelSource, ModelSpec,

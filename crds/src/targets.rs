@@ -73,15 +73,4 @@ impl Targets {
             .map(|q| crate::quantity::parse_bytes(&q.0).map(|bytes| bytes / (1024.0 * 1024.0)))
             .transpose()
     }
-
-    /// The latency targets that are set, as (field name, milliseconds).
-    pub fn latency_limits(&self) -> impl Iterator<Item = (&'static str, f64)> {
-        [
-            ("latencyP50Ms", self.latency_p50_ms),
-            ("latencyP95Ms", self.latency_p95_ms),
-            ("latencyP99Ms", self.latency_p99_ms),
-        ]
-        .into_iter()
-        .filter_map(|(name, limit)| limit.map(|ms| (name, ms)))
-    }
 }

@@ -299,8 +299,7 @@ impl ProfileServer {
 
     /// The targets changed but not what was tuned: judge the served figures against them.
     async fn rejudge(&self, profile: &OptimizationProfile, mut outcome: Candidate) {
-        let limit = profile.spec.targets.memory_limit_mib().ok().flatten();
-        outcome.failing = tuner::failing(&profile.spec.targets, limit, &outcome.measured);
+        outcome.failing = tuner::failing(&profile.spec.targets, &outcome.measured);
         let api = Api::<OptimizationProfile>::namespaced(
             self.client.clone(),
             &profile.namespace().unwrap_or_default(),
@@ -392,10 +391,9 @@ fn revalidate(engine: &Engine, targets: &Targets) -> Result<Candidate> {
             window: Duration::from_secs(1),
         },
     )?;
-    let limit = targets.memory_limit_mib().ok().flatten();
     Ok(Candidate {
         config: engine.config().clone(),
-        failing: tuner::failing(targets, limit, &measured),
+        failing: tuner::failing(targets, &measured),
         measured,
         fallbacks: engine.fallbacks().to_vec(),
     })

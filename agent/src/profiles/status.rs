@@ -7,37 +7,7 @@ use policyserve_crds::{AgentEndpoint, OptimizationProfileStatus};
 use crate::Error;
 use crate::tuner::Candidate;
 
-/// Condition reasons the agent writes.
-pub mod reasons {
-    /// The model is being fetched and checked.
-    pub const LOADING: &str = "Loading";
-    /// The model loaded and fits the engine.
-    pub const MODEL_LOADED: &str = "ModelLoaded";
-    /// ConfigMap, download or node file could not be read.
-    pub const MODEL_FETCH_FAILED: &str = "ModelFetchFailed";
-    /// A download's SHA-256 differs from the spec's.
-    pub const HASH_MISMATCH: &str = "HashMismatch";
-    /// ONNX Runtime refused the model, or the engine cannot serve it.
-    pub const MODEL_LOAD_FAILED: &str = "ModelLoadFailed";
-    /// The model would not fit the memory limit.
-    pub const MEMORY_LIMIT_EXCEEDED: &str = "MemoryLimitExceeded";
-    /// The tuner is measuring candidates.
-    pub const TUNING: &str = "Tuning";
-    /// The tuner chose a configuration.
-    pub const TUNED: &str = "Tuned";
-    /// The agent serves the model.
-    pub const SERVING: &str = "Serving";
-    /// The agent does not serve the model.
-    pub const NOT_SERVING: &str = "NotServing";
-    /// Every target is met by the measured figures.
-    pub const TARGETS_MET: &str = "TargetsMet";
-    /// A latency target is missed.
-    pub const LATENCY_TARGET_MISSED: &str = "LatencyTargetMissed";
-    /// The per-node throughput target is missed.
-    pub const THROUGHPUT_TARGET_MISSED: &str = "ThroughputTargetMissed";
-    /// Waiting for figures.
-    pub const MEASURING: &str = "Measuring";
-}
+pub use policyserve_crds::conditions::reasons;
 
 /// The Loaded=False reason for a failure.
 pub fn load_failure_reason(error: &Error) -> &'static str {

@@ -12,41 +12,15 @@ use policyserve_crds::conditions::{
     PROFILES_ASSIGNED, READY, THROUGHPUT_TARGET_MET, status as cs,
 };
 use policyserve_crds::{
-    AGENT_GRPC_PORT, Measurement, NodeStatus, OptimizationProfile, PolicyService,
-    PolicyServiceStatus, ScalingStatus, ServiceEndpoint, Targets, model_name,
+    AGENT_GRPC_PORT, Figures, Measurement, NodeStatus, OptimizationProfile, PolicyService,
+    PolicyServiceStatus, Quantile, ScalingStatus, ServiceEndpoint, Target, Targets, model_name,
 };
 
 use super::desired::{Plan, is_serving};
 use super::service::service_name;
 use super::validate::Invalid;
 
-/// Condition reasons the operator writes (see docs/conditions.md).
-pub mod reasons {
-    /// ProfilesAssigned=True: every chosen node has its OptimizationProfile.
-    pub const PROFILES_ASSIGNED: &str = "ProfilesAssigned";
-    /// Ready=True: serving on at least minReplicas nodes.
-    pub const SERVING: &str = "Serving";
-    /// Agents are loading, tuning or measuring; nothing to judge yet.
-    pub const MEASURING: &str = "Measuring";
-    /// The measured figures meet the target.
-    pub const TARGETS_MET: &str = "TargetsMet";
-    /// The PolicyService sets no target of this kind.
-    pub const NO_TARGET: &str = "NoTarget";
-    /// A node's measured latency exceeds a latency target.
-    pub const LATENCY_TARGET_MISSED: &str = "LatencyTargetMissed";
-    /// The summed measured throughput is below the target.
-    pub const THROUGHPUT_TARGET_MISSED: &str = "ThroughputTargetMissed";
-    /// A node's measured memory exceeds the memory limit.
-    pub const MEMORY_LIMIT_EXCEEDED: &str = "MemoryLimitExceeded";
-    /// No policyserve node can serve this PolicyService.
-    pub const NO_ELIGIBLE_NODES: &str = "NoEligibleNodes";
-    /// Fewer eligible nodes than minReplicas.
-    pub const NOT_ENOUGH_ELIGIBLE_NODES: &str = "NotEnoughEligibleNodes";
-    /// The spec cannot be planned; the message names the field.
-    pub const INVALID_SPEC: &str = "InvalidSpec";
-    /// An agent could not load the model (the message carries the agent's reason).
-    pub const MODEL_LOAD_FAILED: &str = "ModelLoadFailed";
-}
+pub use policyserve_crds::conditions::reasons;
 
 /// How many names a message lists before it says "and N more".
 const LIST_LIMIT: usize = 10;
@@ -149,9 +123,7 @@ pub fn planned(
                 hardware_class: a.class,
                 profile: a.profile,
                 optimization_profile: a.object.name_any(),
-                compliant: p
-                    .measured
-                    .map(|m| node_compliant(m, targets, desired, limit_mib)),
+                compliant: p.measured.map(|m| node_compliant(m, targets, desired)),
                 chosen: status.and_then(|s| s.chosen.clone()),
                 measured: p.measured.cloned(),
             }
@@ -233,32 +205,22 @@ fn planned_node<'a>(node: &'a str, profile: Option<&'a OptimizationProfile>) -> 
 }
 
 /// Whether one node's figures meet the per-node targets (its share of the throughput).
-fn node_compliant(
-    m: &Measurement,
-    targets: &Targets,
-    desired: u32,
-    limit_mib: Option<f64>,
-) -> bool {
-    let latency_ok = latency_misses(m, targets).is_empty();
-    let memory_ok = limit_mib.is_none_or(|limit| m.memory_mib <= limit);
-    let share = targets
-        .throughput_rps
-        .map(|rps| rps / f64::from(desired.max(1)));
-    let throughput_ok = share.is_none_or(|share| m.throughput_rps >= share);
-    latency_ok && memory_ok && throughput_ok
+fn node_compliant(m: &Measurement, targets: &Targets, desired: u32) -> bool {
+    let per_node = Targets {
+        throughput_rps: targets
+            .throughput_rps
+            .map(|rps| rps / f64::from(desired.max(1))),
+        ..targets.clone()
+    };
+    per_node.misses(m).is_empty()
 }
 
 fn latency_misses(m: &Measurement, targets: &Targets) -> Vec<String> {
     targets
-        .latency_limits()
-        .filter_map(|(name, limit)| {
-            let value = match name {
-                "latencyP50Ms" => m.latency_p50_ms,
-                "latencyP95Ms" => m.latency_p95_ms,
-                _ => m.latency_p99_ms,
-            };
-            (value > limit).then(|| format!("{name} {value:.2} > {limit:.2}"))
-        })
+        .misses(m)
+        .into_iter()
+        .filter(|miss| matches!(miss.target, Target::Latency(_)))
+        .map(|miss| miss.to_string())
         .collect()
 }
 
@@ -285,10 +247,7 @@ fn waiting(planned: &[Planned]) -> Option<String> {
 }
 
 fn latency(targets: &Targets, planned: &[Planned]) -> Verdict {
-    let limits: Vec<(&str, f64)> = targets.latency_limits().collect();
-    if limits.is_empty() {
-        return verdict(cs::TRUE, reasons::NO_TARGET, "no latency target set");
-    }
+    let limits: Vec<(Quantile, f64)> = targets.latency_limits().collect();
     let misses: Vec<String> = planned
         .iter()
         .filter_map(|p| {
@@ -302,21 +261,14 @@ fn latency(targets: &Targets, planned: &[Planned]) -> Verdict {
     if let Some(waiting) = waiting(planned) {
         return verdict(cs::UNKNOWN, reasons::MEASURING, waiting);
     }
-    let worst = |pick: fn(&Measurement) -> f64| {
-        planned
-            .iter()
-            .filter_map(|p| p.measured.map(pick))
-            .fold(0.0, f64::max)
-    };
     let met: Vec<String> = limits
         .iter()
-        .map(|(name, limit)| {
-            let value = match *name {
-                "latencyP50Ms" => worst(|m| m.latency_p50_ms),
-                "latencyP95Ms" => worst(|m| m.latency_p95_ms),
-                _ => worst(|m| m.latency_p99_ms),
-            };
-            format!("worst {name} {value:.2} ≤ {limit:.2}")
+        .map(|(quantile, limit)| {
+            let value = planned
+                .iter()
+                .filter_map(|p| p.measured?.latency_ms(*quantile))
+                .fold(0.0, f64::max);
+            format!("worst {quantile} {value:.2} ≤ {limit:.2}")
         })
         .collect();
     verdict(cs::TRUE, reasons::TARGETS_MET, met.join(", "))

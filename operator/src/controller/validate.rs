@@ -6,6 +6,7 @@ use std::collections::HashSet;
 
 use policyserve_crds::{
     ExecutionProvider, MAX_PATH_LENGTH, MAX_URI_LENGTH, ModelSource, PolicyServiceSpec, Precision,
+    Quantile, Target,
 };
 
 use super::selector;
@@ -123,12 +124,11 @@ fn targets(spec: &PolicyServiceSpec) -> Result<(), Invalid> {
     if targets.is_empty() {
         return Err(invalid("spec.targets", "set at least one target"));
     }
-    let positive = [
-        ("latencyP50Ms", targets.latency_p50_ms),
-        ("latencyP95Ms", targets.latency_p95_ms),
-        ("latencyP99Ms", targets.latency_p99_ms),
-        ("throughputRps", targets.throughput_rps),
-    ];
+    let mut positive: Vec<(&str, Option<f64>)> = Quantile::ALL
+        .into_iter()
+        .map(|q| (q.target_field(), targets.latency_ms(q)))
+        .collect();
+    positive.push((Target::Throughput.field(), targets.throughput_rps));
     for (name, value) in positive {
         if let Some(value) = value
             && !(value.is_finite() && value > 0.0)
@@ -139,7 +139,7 @@ fn targets(spec: &PolicyServiceSpec) -> Result<(), Invalid> {
             ));
         }
     }
-    let limits: Vec<(&str, f64)> = targets.latency_limits().collect();
+    let limits: Vec<(Quantile, f64)> = targets.latency_limits().collect();
     for (i, (lower_name, lower)) in limits.iter().enumerate() {
         for (upper_name, upper) in &limits[i + 1..] {
             if lower > upper {
@@ -150,12 +150,10 @@ fn targets(spec: &PolicyServiceSpec) -> Result<(), Invalid> {
             }
         }
     }
+    let memory = format!("spec.targets.{}", Target::Memory.field());
     match targets.memory_limit_mib() {
-        Err(e) => Err(invalid("spec.targets.memoryLimit", e.to_string())),
-        Ok(Some(mib)) if mib <= 0.0 => Err(invalid(
-            "spec.targets.memoryLimit",
-            "must be greater than 0",
-        )),
+        Err(e) => Err(invalid(memory, e.to_string())),
+        Ok(Some(mib)) if mib <= 0.0 => Err(invalid(memory, "must be greater than 0")),
         Ok(_) => Ok(()),
     }
 }
