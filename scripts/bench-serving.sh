@@ -32,8 +32,7 @@ SERVER=() CLIENT=()
 if [[ -n ${SERVER_CPUS:-} ]]; then SERVER=(taskset -c "$SERVER_CPUS"); fi
 # On cores of its own the open loop's pacer spins to keep its schedule (a sleep that short
 # oversleeps and sends bursts); sharing cores with the servers, it sleeps.
-PACER=()
-if [[ -n ${CLIENT_CPUS:-} ]]; then CLIENT=(taskset -c "$CLIENT_CPUS") PACER=(--spin-pacer); fi
+if [[ -n ${CLIENT_CPUS:-} ]]; then CLIENT=(taskset -c "$CLIENT_CPUS"); fi
 
 port_free() { # port: fail when something (a server left from an earlier run) answers there
   if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
@@ -58,7 +57,7 @@ rss() { # pid -> "VmHWM VmRSS" in MiB
 
 load() { # label port json-name
   "${CLIENT[@]}" "$LOADGEN" --model policy --concurrency 1,2,4,8,16,32,64 \
-    --duration "$STEP" --warm-up "$WARM" --open-fraction 0.5 --threads "$CLIENT_THREADS" "${PACER[@]}" \
+    --duration "$STEP" --warm-up "$WARM" --open-fraction 0.5 --threads "$CLIENT_THREADS" \
     --target "http://127.0.0.1:$2" --label "$1" --json "$OUT/load-$3.json" | tee "$OUT/load-$3.md"
 }
 
@@ -88,7 +87,7 @@ open_curve() { # agent-pid: open loops at $RATES with CPU time per request on bo
   for rate in ${RATES//,/ }; do
     before=$(cpu_seconds "$1")
     client=$({ time "${CLIENT[@]}" "$LOADGEN" --model policy --concurrency '' --open-rate "$rate" \
-      --duration "$STEP" --warm-up "$WARM" --threads "$CLIENT_THREADS" "${PACER[@]}" \
+      --duration "$STEP" --warm-up "$WARM" --threads "$CLIENT_THREADS" \
       --target http://127.0.0.1:18001 --json "$OUT/open-$rate.json" >/dev/null 2>&1; } 2>&1)
     after=$(cpu_seconds "$1")
     # CPU time covers the warm-up too: per request of everything sent.

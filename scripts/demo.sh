@@ -9,7 +9,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 : "${DEMO_TIMEOUT_SECONDS:=300}"
-: "${DEMO_TUNING_BUDGET_SECONDS:=6}"
+: "${DEMO_TUNING_BUDGET_SECONDS:=8}"
 NAMESPACE=demo
 BIN="$ROOT/target/release"
 
@@ -17,7 +17,7 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 source "${POLICYSERVE_CACHE:-$HOME/.cache/policyserve}/env.sh"
 say "building release binaries"
-cargo build -q --release -p policyserve-agent -p policyserve-operator
+cargo build -q --release -p policyserve-agent -p policyserve-operator --example loadgen
 
 RUN="$(mktemp -d -t policyserve-demo.XXXXXX)"
 export CP_RUN_DIR="$RUN/control-plane"
@@ -54,7 +54,7 @@ EOF
 done
 
 say "starting the operator and three agents (simulated hardware, real ONNX Runtime)"
-"$BIN/policyserve-operator" --leader-election=false --metrics-addr 127.0.0.1:0 \
+"$BIN/policyserve-operator" --leader-election=false --metrics-addr 127.0.0.1:0 --agent-namespace "$NAMESPACE" \
   --tuning-budget-seconds "$DEMO_TUNING_BUDGET_SECONDS" --scale-down-stabilization 30s \
   >"$RUN/operator.log" 2>&1 &
 PIDS+=($!)
@@ -62,7 +62,8 @@ for node in demo-gpu demo-cpu demo-small; do
   "$BIN/policyserve-agent" run --node-name "$node" \
     --hardware-file "examples/hardware/${HARDWARE[$node]}.json" \
     --grpc-addr "${ADDRESS[$node]}:8001" --metrics-addr "${ADDRESS[$node]}:8002" \
-    --model-cache "$RUN/cache-$node" >"$RUN/agent-$node.log" 2>&1 &
+    --model-cache "$RUN/cache-$node" --namespace "$NAMESPACE" \
+    --served-window-seconds 20 --served-write-seconds 5 >"$RUN/agent-$node.log" 2>&1 &
   PIDS+=($!)
   echo "  $node  ${ADDRESS[$node]}:8001  examples/hardware/${HARDWARE[$node]}.json (SIMULATED)"
 done
@@ -101,8 +102,10 @@ done
 say "kubectl get policyservices"
 kubectl get policyservices -n "$NAMESPACE"
 say "what the agents measured, per node (kubectl get optimizationprofiles)"
+echo "capacity: the highest rate that held every latency target, open loop over loopback gRPC on"
+echo "the node; three agents share this machine's two CPUs, so their sweeps disturb each other"
 kubectl get optimizationprofiles -n "$NAMESPACE" -o custom-columns=\
-'NAME:.metadata.name,NODE:.spec.nodeName,CLASS:.spec.hardwareClass,PROFILE:.spec.profile,SERVING:.status.conditions[?(@.type=="Serving")].status,PROVIDERS:.status.chosen.executionProviders,PREC:.status.chosen.precision,THREADS:.status.chosen.intraOpThreads,BATCH:.status.chosen.maxBatchSize,P50MS:.status.measured.latencyP50Ms,P99MS:.status.measured.latencyP99Ms,RPS:.status.measured.throughputRps,MIB:.status.measured.memoryMiB'
+'NAME:.metadata.name,NODE:.spec.nodeName,CLASS:.spec.hardwareClass,PROFILE:.spec.profile,SERVING:.status.conditions[?(@.type=="Serving")].status,PREC:.status.chosen.precision,THREADS:.status.chosen.intraOpThreads,BATCH:.status.chosen.maxBatchSize,CAPACITY:.status.capacity.throughputRps,P99MS:.status.capacity.latencyP99Ms,MIB:.status.capacity.memoryMiB'
 say "why: each PolicyService's conditions"
 for ps in $(kubectl get policyservices -n "$NAMESPACE" -o jsonpath='{.items[*].metadata.name}'); do
   echo "$ps:"
@@ -146,3 +149,36 @@ p = lambda q: latencies[int(q * (len(latencies) - 1))] * 1000
 print(f"{model} at {url}: {len(latencies)} requests from 8 Python clients in {elapsed:.2f}s "
       f"= {len(latencies) / elapsed:.0f} rps (client-bound); p50 {p(0.5):.2f} ms, p99 {p(0.99):.2f} ms")
 EOF
+
+say "what the status claims vs what a client gets (Rust open-loop load at each node's capacity)"
+echo "| profile | claimed capacity rps | claimed p99 ms | offered rps | got rps | got p99 ms | late | not OK |"
+echo "|---|---|---|---|---|---|---|---|"
+kubectl get optimizationprofiles -n "$NAMESPACE" -o jsonpath=\
+'{range .items[*]}{.metadata.name} {.spec.policyService} {.status.capacity.throughputRps} {.status.capacity.latencyP99Ms} {.status.endpoint.address}:{.status.endpoint.port} {.status.endpoint.modelName}{"\n"}{end}' |
+while read -r name policy rps p99 target model; do
+  if [ -z "$rps" ] || [ "${rps%.*}" -le 0 ]; then
+    echo "| $name | ${rps:-unmeasured} | ${p99:--} | - | - | - | - | - |"
+    continue
+  fi
+  # The examples' models take 16 (cartpole's tiny model) or 64 observation values.
+  width=64; [ "$policy" = cartpole ] && width=16
+  json="$RUN/claims-$name.json"
+  "$BIN/examples/loadgen" --target "http://$target" --model "$model" --row-len "$width" \
+    --concurrency '' --open-rate "$rps" --duration 5 --warm-up 1 --json "$json" \
+    >/dev/null 2>"$RUN/claims-$name.log" || true
+  "$POLICYSERVE_PYTHON" - "$json" "$name" "$rps" "$p99" <<'EOF'
+import json, sys
+path, name, rps, p99 = sys.argv[1:5]
+claimed = f"| {name} | {float(rps):.0f} | {float(p99):.3f} | {float(rps):.0f}"
+try:
+    step = json.load(open(path))["steps"][-1]
+except (OSError, ValueError, IndexError, KeyError):
+    print(f"{claimed} | load failed | - | - | - |")
+    sys.exit()
+print(f"{claimed} | {step['rps']:.0f} | {step['p99_ms']:.3f} | {step.get('late', 0)} | {step['errors']} |")
+EOF
+done
+
+say "kubectl get policyservices, after the loads (served figures are written when they move)"
+sleep 7
+kubectl get policyservices -n "$NAMESPACE"

@@ -128,27 +128,23 @@ if [ "$RUN_GPU" = yes ]; then
   done
 fi
 
-# Side by side: per model, library and providers in effect, the candidate with the most
-# throughput (the table rows of `tune`; the JSON files hold every figure).
-say "side by side (best candidate per provider list; * = chosen)"
-printf '%-18s %-4s %-18s %-5s %5s %4s %4s %9s %9s %10s %9s\n' \
-  model lib "providers" prec batch thr inst "p50 ms" "p99 ms" rps MiB
+# Side by side: per model and library, the configurations swept over gRPC (capacity at the
+# targets, what a client on this machine gets; the first is the one chosen). The JSON files
+# hold every figure, the in-process ranking included.
+say "side by side (capacity of the swept configurations; * = chosen)"
+printf '%-18s %-4s %-18s %-5s %5s %4s %4s %12s %9s %9s %10s\n' \
+  model lib "providers" prec batch thr inst "capacity rps" "p50 ms" "p99 ms" MiB
 for file in "$OUT"/cpu-*.txt "$OUT"/gpu-*.txt; do
   [ -f "$file" ] || continue
   name="$(basename "$file" .txt)"
   awk -v lib="${name%%-*}" -v model="${name#*-}" '
-    /^chosen \(/ { in_chosen = 1; next }
-    $1 == "providers" || NF < 12 || $8 !~ /^[0-9.]+$/ { next }
-    in_chosen { chosen = $1 " " $2 " " $3 " " $4 " " $5 " " $6; next }
-    !($1 in best) || $11 + 0 > rps[$1] { best[$1] = $0; rps[$1] = $11 + 0 }
-    END {
-      for (p in best) {
-        split(best[p], f, " ")
-        mark = (f[1] " " f[2] " " f[3] " " f[4] " " f[5] " " f[6] == chosen) ? "*" : ""
-        printf "%-18s %-4s %-18s %-5s %5s %4s %4s %9s %9s %10s %9s\n",
-          model, lib, p mark, f[2], f[5], f[3], f[4], f[8], f[10], f[11], f[12]
-      }
-    }' "$file" | sort
+    /^ranked .* swept .* over gRPC/ { in_swept = 1; next }
+    /^chosen:/ { in_swept = 0 }
+    !in_swept || $1 == "providers" || NF < 11 { next }
+    {
+      printf "%-18s %-4s %-18s %-5s %5s %4s %4s %12s %9s %9s %10s\n",
+        model, lib, $1 (first++ ? "" : "*"), $2, $5, $3, $4, $8, $9, $10, $11
+    }' "$file"
 done
 echo
 echo "fallbacks of the chosen configurations:"

@@ -4,11 +4,11 @@
 //! Closed loop: for each concurrency of the sweep, that many tasks each send a request and wait
 //! for its answer, over up to `--connections` HTTP/2 connections, for `--duration` seconds
 //! after `--warm-up`; the step reports throughput and p50/p95/p99 latency. Open loop
-//! (`--open-fraction F`): after the sweep, requests are started at a fixed rate of F × the
-//! sweep's best throughput, or at `--open-rate RPS` (paced by a thread, each request its own task,
-//! at most `--max-in-flight` outstanding) and the step reports the same figures; latency counts
-//! from the moment the request's task starts. `--trace FILE` writes every open-loop request's
-//! start and latency, to see when a pile-up began and how it drained.
+//! (`--open-fraction F`): after the sweep, requests leave on a fixed schedule at F × the
+//! sweep's best throughput, or at `--open-rate RPS` (at most `--max-in-flight` outstanding), the
+//! way the agent's capacity sweep sends them (`policyserve_agent::load`): each request's latency
+//! counts from its scheduled send, and requests sent more than 1 ms late or not at all are
+//! counted and reported. `--trace FILE` writes the open loop's sorted latencies.
 //!
 //! ```text
 //! cargo run --release -p policyserve-agent --example loadgen -- \
@@ -19,10 +19,11 @@
 //! ```
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use policyserve_agent::load;
 use policyserve_agent::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use policyserve_agent::grpc::proto::model_infer_request::InferInputTensor;
 use policyserve_agent::grpc::proto::{ModelInferRequest, ModelReadyRequest};
@@ -46,7 +47,6 @@ struct Options {
     open_rate: Option<f64>,
     max_in_flight: usize,
     threads: usize,
-    spin_pacer: bool,
     label: String,
     json: Option<std::path::PathBuf>,
     trace: Option<std::path::PathBuf>,
@@ -54,7 +54,7 @@ struct Options {
 
 const HELP: &str = "loadgen --target URL --model NAME [--input obs] [--row-len 64] \
 [--concurrency 1,2,4,8,16,32,64] [--connections 4] [--duration 5] [--warm-up 1] \
-[--open-fraction 0.5 | --open-rate RPS] [--max-in-flight 1024] [--threads 1] [--spin-pacer] [--label NAME] \
+[--open-fraction 0.5 | --open-rate RPS] [--max-in-flight 1024] [--threads 1] [--label NAME] \
 [--json FILE] [--trace FILE]";
 
 fn options() -> Result<Options> {
@@ -71,7 +71,6 @@ fn options() -> Result<Options> {
         open_rate: None,
         max_in_flight: 1024,
         threads: 1,
-        spin_pacer: false,
         label: "server".into(),
         json: None,
         trace: None,
@@ -98,7 +97,6 @@ fn options() -> Result<Options> {
             "--open-rate" => o.open_rate = Some(value()?.parse()?),
             "--max-in-flight" => o.max_in_flight = value()?.parse()?,
             "--threads" => o.threads = value()?.parse()?,
-            "--spin-pacer" => o.spin_pacer = true,
             "--label" => o.label = value()?,
             "--json" => o.json = Some(value()?.into()),
             "--trace" => o.trace = Some(value()?.into()),
@@ -127,6 +125,9 @@ struct Step {
     p99_ms: f64,
     requests: usize,
     errors: u64,
+    /// Open loop: requests that left more than 1 ms after their scheduled time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    late: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -184,6 +185,7 @@ fn step(
         p99_ms: percentile(&latencies, 0.99),
         requests: latencies.len(),
         errors,
+        late: None,
     }
 }
 
@@ -267,130 +269,68 @@ async fn closed_loop(
     ))
 }
 
-/// Requests started at `rate` per second by a pacing thread for warm-up + duration.
-async fn open_loop(
-    o: &Options,
-    clients: &[GrpcInferenceServiceClient<Channel>],
-    rate: f64,
-) -> Result<Step> {
+/// An open loop at `rate`: requests leave on a fixed schedule for warm-up + duration, each
+/// timed from its scheduled send (coordinated omission would hide a stalled server's queue),
+/// and those that left late or not at all are counted (policyserve_agent::load). Runs on a
+/// blocking thread: the pacer sleeps between sends.
+async fn open_loop(o: &Options, rate: f64) -> Result<Step> {
+    let address: std::net::SocketAddr = o
+        .target
+        .trim_start_matches("http://")
+        .parse()
+        .with_context(|| format!("--target {} is not http://IP:PORT", o.target))?;
+    let target = load::Target::connect(address, o.connections, &o.model, &o.input, o.row_len, false)
+        .await?;
     let handle = tokio::runtime::Handle::current();
-    let (done_tx, mut done_rx) =
-        tokio::sync::mpsc::unbounded_channel::<(Instant, Duration, bool)>();
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let dropped = Arc::new(AtomicU64::new(0));
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let start = Instant::now();
-    let measure_from = start + o.warm_up;
-    let stop = measure_from + o.duration;
-    let pacer = {
-        let clients = clients.to_vec();
-        let requests: Vec<_> = (0..64).map(|i| request(o, i)).collect();
-        let (in_flight, dropped) = (Arc::clone(&in_flight), Arc::clone(&dropped));
-        let (max_in_flight, spin) = (o.max_in_flight, o.spin_pacer);
-        std::thread::spawn(move || {
-            let mut next = start;
-            let mut sent = 0usize;
-            let mut most_behind = Duration::ZERO;
-            while next < stop {
-                let now = Instant::now();
-                if next > now {
-                    // A sleep shorter than the timer slack oversleeps; with cores to spare,
-                    // --spin-pacer keeps to the schedule instead.
-                    if spin {
-                        while Instant::now() < next {
-                            std::hint::spin_loop();
-                        }
-                    } else {
-                        std::thread::sleep(next - now);
-                    }
-                } else {
-                    most_behind = most_behind.max(now - next);
-                }
-                if in_flight.load(Ordering::Relaxed) >= max_in_flight {
-                    dropped.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    in_flight.fetch_add(1, Ordering::Relaxed);
-                    let mut client = clients[sent % clients.len()].clone();
-                    let request = requests[sent % requests.len()].clone();
-                    let (done, in_flight) = (done_tx.clone(), Arc::clone(&in_flight));
-                    handle.spawn(async move {
-                        let began = Instant::now();
-                        let ok = client.model_infer(request).await.is_ok();
-                        // Timed here: the collecting task may run late.
-                        let latency = began.elapsed();
-                        in_flight.fetch_sub(1, Ordering::Relaxed);
-                        let _ = done.send((began, latency, ok));
-                    });
-                }
-                sent += 1;
-                next += interval;
-            }
-            most_behind
-        })
-    };
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    let mut trace = Vec::new();
-    // The pacer's clone of the sender goes with the thread; the last task's with the task.
-    while let Some((began, latency, ok)) = done_rx.recv().await {
-        if o.trace.is_some() {
-            trace.push((began - start, latency, ok));
+    let (warm_up, duration, max_in_flight) = (o.warm_up, o.duration, o.max_in_flight);
+    let outcome = tokio::task::spawn_blocking(move || {
+        let plan = |duration| load::Plan {
+            rate,
+            duration,
+            max_in_flight,
+        };
+        if !warm_up.is_zero() {
+            load::run(&handle, &target, &plan(warm_up), &|| false);
         }
-        if began >= measure_from && began < stop {
-            if ok {
-                latencies.push(latency);
-            } else {
-                errors += 1;
-            }
-        }
-    }
+        load::run(&handle, &target, &plan(duration), &|| false)
+    })
+    .await?;
     if let Some(path) = &o.trace {
-        write_trace(path, trace)?;
+        write_trace(path, &outcome.latencies)?;
     }
-    let most_behind = pacer
-        .join()
-        .map_err(|_| anyhow::anyhow!("the pacing thread panicked"))?;
-    // Requests sent late bunch up: a pacer far behind measures bursts, not the set rate.
+    let late = outcome.scheduled - outcome.on_time - outcome.unsent;
     eprintln!(
-        "open loop at {rate:.0}/s: the pacer ran up to {:.3} ms behind its schedule",
-        most_behind.as_secs_f64() * 1e3
+        "open loop at {rate:.0}/s: {} scheduled, {late} sent more than 1 ms late, {} not sent \
+         (over {max_in_flight} in flight), {} not OK",
+        outcome.scheduled,
+        outcome.unsent,
+        outcome.failed()
     );
-    let dropped = dropped.load(Ordering::Relaxed);
-    if dropped > 0 {
-        eprintln!(
-            "open loop at {rate:.0}/s: {dropped} requests not sent (over {} in flight)",
-            o.max_in_flight
-        );
-    }
-    Ok(step(
-        "open",
-        o.max_in_flight,
-        Some(rate),
-        latencies,
-        errors + dropped,
-        o.duration,
-    ))
+    Ok(Step {
+        mode: "open",
+        concurrency: o.max_in_flight,
+        target_rps: Some(rate),
+        rps: outcome.answered_rps(),
+        p50_ms: percentile(&outcome.latencies, 0.50),
+        p95_ms: percentile(&outcome.latencies, 0.95),
+        p99_ms: percentile(&outcome.latencies, 0.99),
+        requests: outcome.latencies.len(),
+        errors: outcome.failed() + outcome.unsent,
+        late: Some(late),
+    })
 }
 
-/// One line per open-loop request, in start order: microseconds from the loop's start to the
-/// request's, its latency in microseconds, and whether it succeeded. A pile-up shows as a run
-/// of long latencies; its first request says when the stall began.
-fn write_trace(path: &std::path::Path, mut trace: Vec<(Duration, Duration, bool)>) -> Result<()> {
+/// The open loop's latencies in microseconds, one per line, sorted, from each request's
+/// scheduled send: the tail shows how long the worst requests waited.
+fn write_trace(path: &std::path::Path, latencies: &[Duration]) -> Result<()> {
     use std::io::Write as _;
-    trace.sort_unstable_by_key(|(began, ..)| *began);
     let mut out = std::io::BufWriter::new(
         std::fs::File::create(path)
             .with_context(|| format!("failed to create {}", path.display()))?,
     );
-    writeln!(out, "start_us,latency_us,ok")?;
-    for (began, latency, ok) in trace {
-        writeln!(
-            out,
-            "{},{},{}",
-            began.as_micros(),
-            latency.as_micros(),
-            u8::from(ok)
-        )?;
+    writeln!(out, "latency_us")?;
+    for latency in latencies {
+        writeln!(out, "{}", latency.as_micros())?;
     }
     out.flush()?;
     Ok(())
@@ -436,7 +376,7 @@ fn main() -> Result<()> {
         let max_rps = steps.iter().map(|s| s.rps).fold(0.0, f64::max);
         let fraction = o.open_fraction.filter(|_| max_rps > 0.0);
         if let Some(rate) = o.open_rate.or(fraction.map(|f| max_rps * f)) {
-            let s = open_loop(&o, &clients, rate).await?;
+            let s = open_loop(&o, rate).await?;
             print_step(&o.label, &s);
             steps.push(s);
         }

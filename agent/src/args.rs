@@ -98,9 +98,21 @@ pub struct RunArgs {
         default_value = "/var/cache/policyserve/models"
     )]
     pub model_cache: PathBuf,
-    /// Seconds between re-measurements of a served model.
+    /// Seconds between capacity probes of a served model; a probe runs only when the last
+    /// window had no real requests, and stops at the first one.
     #[arg(long, env = "POLICYSERVE_REVALIDATE_SECONDS", default_value_t = 600)]
     pub revalidate_seconds: u64,
+    /// Length of the sliding window `status.served` describes, seconds.
+    #[arg(long, env = "POLICYSERVE_SERVED_WINDOW_SECONDS", default_value_t = 60)]
+    pub served_window_seconds: u64,
+    /// Seconds between writes of `status.served` (each only when a figure moved by more than
+    /// 10% or a condition changed).
+    #[arg(long, env = "POLICYSERVE_SERVED_WRITE_SECONDS", default_value_t = 30)]
+    pub served_write_seconds: u64,
+    /// Namespace of this agent's Lease (`policyserve-agent-<node>`), renewed every 10 s: the
+    /// operator treats a node whose Lease is older than 40 s as not serving.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
     /// Requests that may wait per model before new ones get RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 1024)]
     pub queue_capacity: usize,

@@ -68,6 +68,9 @@ pub enum Error {
     /// ONNX Runtime failed while running a batch.
     #[error("inference failed: {0}")]
     Inference(String),
+    /// The load generator of a capacity sweep could not run.
+    #[error("load generator: {0}")]
+    Load(String),
     /// An invalid setting or argument.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -10,6 +10,8 @@ pub mod fetch;
 pub mod grpc;
 pub mod hardware;
 pub mod labels;
+pub mod lease;
+pub mod load;
 pub mod metrics;
 pub mod node;
 pub mod profiles;
@@ -18,7 +20,11 @@ pub mod run;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
+pub mod traffic;
 pub mod tune;
 pub mod tuner;
 
 pub use error::{Error, Result};
+
+/// The field manager of every write the agent makes (Node labels, profile statuses, its Lease).
+pub const FIELD_MANAGER: &str = "policyserve-agent";

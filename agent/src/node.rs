@@ -16,10 +16,7 @@ use policyserve_crds::HARDWARE_ANNOTATION;
 
 use crate::args::HardwareArgs;
 use crate::hardware::Hardware;
-use crate::{Error, Result};
-
-/// The field manager under which the agent applies its Node labels.
-pub const FIELD_MANAGER: &str = "policyserve-agent";
+use crate::{Error, FIELD_MANAGER, Result};
 
 /// Wait before retrying after a failed detection or publication.
 const RETRY: Duration = Duration::from_secs(10);

@@ -1,13 +1,14 @@
-//! The models this agent serves, by V2 model name. Models come and go at run time (profiles
-//! are added and deleted), so the set sits behind a lock that readers take only to clone an
-//! `Arc`.
+//! The models this agent serves, by V2 model name, and the engines its capacity probes
+//! measure. Models come and go at run time (profiles are added and deleted), so the sets sit
+//! behind locks that readers take only to clone an `Arc`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use crate::engine::Engine;
+use crate::traffic::Window;
 
-/// A model being served.
+/// A model being served (or probed).
 #[derive(Debug)]
 pub struct ServedModel {
     /// V2 model name (`<namespace>.<name>` in a cluster).
@@ -16,6 +17,20 @@ pub struct ServedModel {
     pub version: String,
     /// The loaded engine.
     pub engine: Engine,
+    /// What it served: kept across engine replacements of the same name.
+    pub traffic: Arc<Window>,
+}
+
+impl ServedModel {
+    /// Version "1" of `name` on `engine`, with a fresh traffic window of `window_seconds`.
+    pub fn new(name: impl Into<String>, engine: Engine, window_seconds: u32) -> Self {
+        Self {
+            name: name.into(),
+            version: "1".into(),
+            engine,
+            traffic: Arc::new(Window::new(window_seconds)),
+        }
+    }
 }
 
 /// Where the gRPC service finds models: the one trait between serving and the rest of the
@@ -23,14 +38,19 @@ pub struct ServedModel {
 pub trait Models: Send + Sync + 'static {
     /// The model called `name`, when served.
     fn model(&self, name: &str) -> Option<Arc<ServedModel>>;
+    /// The engine a capacity probe called `name` measures; only probe requests reach it.
+    fn probe(&self, name: &str) -> Option<Arc<ServedModel>>;
     /// Names of every served model.
     fn names(&self) -> Vec<String>;
 }
 
+type Map = BTreeMap<String, Arc<ServedModel>>;
+
 /// The agent's models.
 #[derive(Debug, Default)]
 pub struct ModelRegistry {
-    models: RwLock<BTreeMap<String, Arc<ServedModel>>>,
+    models: RwLock<Map>,
+    probes: RwLock<Map>,
 }
 
 impl ModelRegistry {
@@ -39,42 +59,65 @@ impl ModelRegistry {
         Self::default()
     }
 
-    /// Serves `model`, replacing one of the same name; returns the replaced model, whose
-    /// engine finishes the requests it accepted once the last `Arc` is dropped.
-    pub fn insert(&self, model: ServedModel) -> Option<Arc<ServedModel>> {
-        self.write().insert(model.name.clone(), Arc::new(model))
+    /// Serves `model`, replacing one of the same name and taking over its traffic window;
+    /// returns the replaced model, whose engine finishes the requests it accepted once the last
+    /// `Arc` is dropped.
+    pub fn insert(&self, mut model: ServedModel) -> Option<Arc<ServedModel>> {
+        let mut models = write(&self.models);
+        if let Some(previous) = models.get(&model.name) {
+            model.traffic = Arc::clone(&previous.traffic);
+        }
+        models.insert(model.name.clone(), Arc::new(model))
     }
 
     /// Stops serving `name`.
     pub fn remove(&self, name: &str) -> Option<Arc<ServedModel>> {
-        self.write().remove(name)
+        write(&self.models).remove(name)
     }
 
-    /// Removes every model (shutdown).
+    /// Removes every model and probe (shutdown).
     pub fn clear(&self) -> Vec<Arc<ServedModel>> {
-        std::mem::take(&mut *self.write()).into_values().collect()
+        let mut all: Vec<_> = std::mem::take(&mut *write(&self.models))
+            .into_values()
+            .collect();
+        all.extend(std::mem::take(&mut *write(&self.probes)).into_values());
+        all
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<ServedModel>>> {
-        // A panic while holding the lock cannot leave the map half-updated: keep serving.
-        self.models
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Makes `model` reachable by probe requests under its name, until [`Self::remove_probe`].
+    pub fn insert_probe(&self, model: ServedModel) -> Arc<ServedModel> {
+        let model = Arc::new(model);
+        write(&self.probes).insert(model.name.clone(), Arc::clone(&model));
+        model
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<ServedModel>>> {
-        self.models
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Ends a probe; returns its model.
+    pub fn remove_probe(&self, name: &str) -> Option<Arc<ServedModel>> {
+        write(&self.probes).remove(name)
     }
+}
+
+// A panic while holding a lock cannot leave a map half-updated: keep serving.
+fn write(lock: &RwLock<Map>) -> std::sync::RwLockWriteGuard<'_, Map> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn read(lock: &RwLock<Map>) -> std::sync::RwLockReadGuard<'_, Map> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Models for ModelRegistry {
     fn model(&self, name: &str) -> Option<Arc<ServedModel>> {
-        self.read().get(name).cloned()
+        read(&self.models).get(name).cloned()
+    }
+
+    fn probe(&self, name: &str) -> Option<Arc<ServedModel>> {
+        read(&self.probes).get(name).cloned()
     }
 
     fn names(&self) -> Vec<String> {
-        self.read().keys().cloned().collect()
+        read(&self.models).keys().cloned().collect()
     }
 }

@@ -57,6 +57,9 @@ pub async fn serve_node(
         advertise_address,
         model_cache,
         revalidate_seconds,
+        served_window_seconds,
+        served_write_seconds,
+        namespace,
         queue_capacity,
         max_message_bytes,
         ort,
@@ -73,13 +76,23 @@ pub async fn serve_node(
         .with_context(|| format!("failed to bind {grpc_addr}"))?;
     let registry = Arc::new(ModelRegistry::new());
     let metrics = Arc::new(Metrics::default());
+    let bound = listener.local_addr()?;
+    // Sweeps load the server from the node itself: over loopback when it listens everywhere.
+    let loopback = if bound.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], bound.port()))
+    } else {
+        bound
+    };
     let profiles = Arc::new(ProfileServer::new(
         client.clone(),
         ProfileServerConfig {
             node: node_name.clone(),
             address,
-            port: listener.local_addr()?.port(),
+            port: bound.port(),
+            loopback,
             revalidate: Duration::from_secs(revalidate_seconds.max(1)),
+            served_window: Duration::from_secs(served_window_seconds.max(1)),
+            served_write: Duration::from_secs(served_write_seconds.max(1)),
             engine: EngineOptions {
                 gpu,
                 queue_capacity,
@@ -112,7 +125,8 @@ pub async fn serve_node(
     let every = Duration::from_secs(redetect_seconds.max(1));
     tracing::info!(node = %node_name, %address, "agent running");
     tokio::select! {
-        () = crate::node::keep_labelled(client, node_name, hardware, every) => {}
+        () = crate::node::keep_labelled(client.clone(), node_name.clone(), hardware, every) => {}
+        () = crate::lease::keep_renewed(client, namespace, node_name) => {}
         () = profiles.run() => {}
         () = shutdown => {}
     }

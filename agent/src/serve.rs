@@ -110,11 +110,11 @@ pub async fn run(args: ServeArgs, config: EngineConfig) -> anyhow::Result<()> {
             let files = ModelFiles::read(&name, &path, &[])?;
             let engine = Engine::load(&files, &config, &options)?;
             engine.warm_up()?;
-            Ok(ServedModel {
+            Ok(ServedModel::new(
                 name,
-                version: "1".into(),
                 engine,
-            })
+                crate::traffic::DEFAULT_WINDOW_SECONDS,
+            ))
         })
         .await??;
         tracing::info!(model = model.name, config = ?model.engine.config(), "model loaded");
@@ -193,4 +193,46 @@ pub async fn serve_grpc<M: Models>(
         )
         .await?;
     Ok(())
+}
+
+/// Runs `work` on a thread of its own beside a gRPC server on 127.0.0.1 (the agent's serving
+/// stack on its own runtime), which capacity sweeps load as clients would: `tune` and the
+/// tests measure capacity this way without a cluster.
+///
+/// # Errors
+/// When the server cannot start, or `work` fails or panics.
+pub fn with_loopback_server<T: Send>(
+    work: impl FnOnce(crate::tuner::Loopback<'_>) -> crate::Result<T> + Send,
+) -> anyhow::Result<T> {
+    let runtime = crate::async_runtime::build(crate::async_runtime::threads_for_node())?;
+    let registry = Arc::new(ModelRegistry::new());
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let address = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = runtime.spawn(crate::serve::serve_grpc(
+        listener,
+        Arc::clone(&registry),
+        Arc::new(Metrics::default()),
+        64 * 1024 * 1024,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let result = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                work(crate::tuner::Loopback {
+                    registry: &registry,
+                    address,
+                })
+            })
+            .join()
+    });
+    let _ = stop.send(());
+    runtime.block_on(server)??;
+    drop(registry.clear());
+    match result {
+        Ok(result) => Ok(result?),
+        Err(_) => anyhow::bail!("the tuner panicked"),
+    }
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::args::{HardwareArgs, OrtArgs, OutputFormat};
 use crate::engine::{EngineOptions, GpuOptions, ModelFiles, runtime};
 use crate::hardware::Hardware;
-use crate::tuner::{self, Candidate, MeasureSettings, TuneReport};
+use crate::tuner::{self, Candidate, MeasureSettings, Tuning};
 
 /// Arguments of `tune`.
 #[derive(Debug, clap::Args)]
@@ -81,7 +81,9 @@ fn parse_profile(text: &str) -> Result<ProfileSelection, String> {
     })
 }
 
-/// The object `tune --output json` prints (DESIGN.md).
+/// The object `tune --output json` prints: the in-process ranking of every candidate
+/// (`candidates[].ranked`, ordering only), the capacity sweeps, and the chosen configuration
+/// with its capacity (`chosen.capacity`, what a client on this machine gets).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct TuneOutput<'a> {
@@ -91,7 +93,7 @@ struct TuneOutput<'a> {
     profile: String,
     search_space: &'a SearchSpace,
     #[serde(flatten)]
-    report: &'a TuneReport,
+    tuning: &'a Tuning,
 }
 
 /// Runs `tune`.
@@ -146,19 +148,32 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
         gpu: GpuOptions::for_node(&hw, &tensorrt_base, ort.ort_lib.as_deref()),
         ..EngineOptions::default()
     };
-    let report = if *exhaustive {
-        let settings = MeasureSettings::for_budget(*budget);
-        tuner::exhaustive(&files, &targets, &space, &options, settings, &mut progress)?
-    } else {
-        tuner::quick_search(&files, &targets, &space, &options, *budget, &mut progress)?
-    };
+    let tuning = crate::serve::with_loopback_server(|loopback| {
+        if *exhaustive {
+            let settings = MeasureSettings::for_budget(*budget);
+            let ranking =
+                tuner::exhaustive(&files, &targets, &space, &options, settings, &mut progress)?;
+            tuner::sweep_best(&files, &targets, &options, ranking, *budget, loopback)
+        } else {
+            tuner::tune(
+                &files,
+                &targets,
+                &space,
+                &options,
+                *budget,
+                loopback,
+                &mut progress,
+            )
+        }
+        .map(|(tuning, _engine)| tuning)
+    })?;
     let json = serde_json::to_string_pretty(&TuneOutput {
         model: model.display().to_string(),
         targets: &targets,
         hardware_class: class.to_string(),
         profile: profile.to_string(),
         search_space: &space,
-        report: &report,
+        tuning: &tuning,
     })?;
     if let Some(path) = json_out {
         std::fs::write(path, format!("{json}\n"))
@@ -166,7 +181,7 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
     }
     match output {
         OutputFormat::Json => println!("{json}"),
-        OutputFormat::Table => print_summary(&report),
+        OutputFormat::Table => print_summary(&tuning),
     }
     Ok(())
 }
@@ -251,7 +266,7 @@ impl std::fmt::Display for Row<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let Candidate {
             config,
-            measured,
+            ranked: measured,
             failing,
             ..
         } = self.0;
@@ -284,17 +299,53 @@ impl std::fmt::Display for Row<'_> {
     }
 }
 
-fn print_summary(report: &TuneReport) {
+fn print_summary(tuning: &Tuning) {
     println!();
-    println!("chosen ({} measured):", report.candidates.len());
-    println!("{}", Row::header());
-    println!("{}", Row(&report.chosen));
-    for fallback in &report.chosen.fallbacks {
+    println!(
+        "ranked {} configurations in-process (ordering only); swept {} over gRPC:",
+        tuning.candidates.len(),
+        tuning.swept.len()
+    );
+    println!(
+        "{:<14} {:<5} {:>7} {:>5} {:>5} {:>7} {:>5} {:>12} {:>9} {:>9} {:>8}",
+        "providers",
+        "prec",
+        "threads",
+        "inst",
+        "batch",
+        "delayµs",
+        "arena",
+        "capacity rps",
+        "p50 ms",
+        "p99 ms",
+        "MiB"
+    );
+    for swept in &tuning.swept {
+        let (c, cap) = (&swept.config, &swept.capacity);
+        let providers: Vec<&str> = c.execution_providers.iter().map(|p| p.as_str()).collect();
+        println!(
+            "{:<14} {:<5} {:>7} {:>5} {:>5} {:>7} {:>5} {:>12.0} {:>9.3} {:>9.3} {:>8}",
+            providers.join(","),
+            c.precision.as_str(),
+            c.intra_op_threads,
+            c.instances,
+            c.max_batch_size,
+            c.batch_delay_micros,
+            if c.memory_arena { "on" } else { "off" },
+            cap.throughput_rps,
+            cap.latency_p50_ms,
+            cap.latency_p99_ms,
+            cap.memory_mib
+                .map_or_else(|| "unmeasured".to_owned(), |m| format!("{m:.1}"))
+        );
+    }
+    println!("chosen: the first row; {}", tuning.chosen.capacity.method);
+    for fallback in &tuning.chosen.fallbacks {
         println!("  fallback: {fallback}");
     }
-    if report.targets_met {
+    if tuning.targets_met {
         println!("all targets met");
     } else {
-        println!("targets missed: {}", report.failing.join("; "));
+        println!("targets missed: {}", tuning.failing.join("; "));
     }
 }

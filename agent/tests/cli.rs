@@ -48,8 +48,16 @@ fn tune_json_prints_the_object_design_pins() {
     assert_eq!(json["targets"]["memoryLimit"], "1Gi");
     let chosen = &json["chosen"];
     assert!(chosen["config"]["executionProviders"].is_array());
-    assert!(chosen["measured"]["latencyP99Ms"].as_f64().unwrap() > 0.0);
-    assert!(chosen["measured"]["throughputRps"].as_f64().unwrap() > 0.0);
+    assert!(chosen["capacity"]["latencyP99Ms"].as_f64().unwrap() > 0.0);
+    assert!(chosen["capacity"]["throughputRps"].as_f64().unwrap() > 0.0);
+    assert!(
+        chosen["capacity"]["method"]
+            .as_str()
+            .unwrap()
+            .contains("loopback gRPC")
+    );
+    let ranked = &json["candidates"][0]["ranked"];
+    assert!(ranked["throughputRps"].as_f64().unwrap() > 0.0, "{ranked}");
     assert_eq!(json["targetsMet"], true);
 }
 

@@ -30,11 +30,7 @@ async fn start(config: EngineConfig, options: EngineOptions) -> Server {
     let files = ModelFiles::read("policy", &path, &[]).unwrap();
     let engine = Engine::load(&files, &config, &options).unwrap();
     let registry = Arc::new(ModelRegistry::new());
-    registry.insert(ServedModel {
-        name: "policy".into(),
-        version: "1".into(),
-        engine,
-    });
+    registry.insert(ServedModel::new("policy", engine, 60));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -209,7 +205,7 @@ async fn malformed_requests_are_invalid_arguments_and_the_server_keeps_serving()
     let cases = [
         (wrong_shape, Code::InvalidArgument, "expected [rows, 64]"),
         (wrong_count, Code::InvalidArgument, "needs 128"),
-        (unknown_model, Code::NotFound, "served: [policy]"),
+        (unknown_model, Code::NotFound, "is not served here"),
         (unknown_output, Code::InvalidArgument, "no output \"q\""),
         (bytes, Code::InvalidArgument, "BYTES"),
         (wrong_version, Code::NotFound, "no version \"7\""),

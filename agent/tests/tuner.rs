@@ -54,12 +54,12 @@ fn quick_search_meets_generous_targets_without_measuring_everything() {
         .candidates
         .iter()
         .filter(|c| c.meets_targets())
-        .map(|c| c.measured.throughput_rps);
+        .map(|c| c.ranked.throughput_rps);
     assert_eq!(
-        Some(report.chosen.measured.throughput_rps),
+        Some(report.chosen.ranked.throughput_rps),
         best.reduce(f64::max)
     );
-    assert!(report.chosen.measured.latency_p50_ms > 0.0 && report.chosen.measured.memory_mib > 0.0);
+    assert!(report.chosen.ranked.latency_p50_ms > 0.0 && report.chosen.ranked.memory_mib > 0.0);
 }
 
 #[test]
@@ -90,9 +90,9 @@ fn an_impossible_target_returns_the_closest_configuration_and_says_what_fails() 
     let lowest_p99 = report
         .candidates
         .iter()
-        .map(|c| c.measured.latency_p99_ms)
+        .map(|c| c.ranked.latency_p99_ms)
         .fold(f64::INFINITY, f64::min);
-    assert_eq!(report.chosen.measured.latency_p99_ms, lowest_p99);
+    assert_eq!(report.chosen.ranked.latency_p99_ms, lowest_p99);
 }
 
 #[test]

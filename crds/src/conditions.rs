@@ -49,6 +49,8 @@ pub mod reasons {
     pub const NO_ELIGIBLE_NODES: &str = "NoEligibleNodes";
     /// Fewer eligible nodes than minReplicas.
     pub const NOT_ENOUGH_ELIGIBLE_NODES: &str = "NotEnoughEligibleNodes";
+    /// A planned node's agent stopped renewing its Lease: it is not serving.
+    pub const AGENT_LOST: &str = "AgentLost";
     /// The spec cannot be planned; the message names the field.
     pub const INVALID_SPEC: &str = "InvalidSpec";
 

@@ -2,6 +2,12 @@
 //! ranking, the capacity sweep and the served window all answer the same [`Figures`] questions,
 //! and [`Targets::misses`] is the one place that compares them with what the user asked.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
 use crate::Targets;
 
 /// A latency quantile that targets and figures both name.
@@ -140,9 +146,17 @@ impl Targets {
         limits
     }
 
+    /// The latency targets `figures` miss.
+    pub fn latency_misses(&self, figures: &(impl Figures + ?Sized)) -> Vec<Miss> {
+        self.misses(figures)
+            .into_iter()
+            .filter(|miss| matches!(miss.target, Target::Latency(_)))
+            .collect()
+    }
+
     /// The targets `figures` miss. A target whose figure is absent is not a miss: see
     /// [`Targets::unmeasured`].
-    pub fn misses(&self, figures: &impl Figures) -> Vec<Miss> {
+    pub fn misses(&self, figures: &(impl Figures + ?Sized)) -> Vec<Miss> {
         self.limits()
             .into_iter()
             .filter_map(|(target, limit)| {
@@ -161,7 +175,7 @@ impl Targets {
     }
 
     /// The targets `figures` cannot judge because the figure is absent.
-    pub fn unmeasured(&self, figures: &impl Figures) -> Vec<Target> {
+    pub fn unmeasured(&self, figures: &(impl Figures + ?Sized)) -> Vec<Target> {
         self.limits()
             .into_iter()
             .filter(|(target, _)| figure(figures, *target).is_none())
@@ -170,12 +184,208 @@ impl Targets {
     }
 }
 
-fn figure(figures: &impl Figures, target: Target) -> Option<f64> {
+fn figure(figures: &(impl Figures + ?Sized), target: Target) -> Option<f64> {
     match target {
         Target::Latency(q) => figures.latency_ms(q),
         Target::Throughput => figures.throughput_rps(),
         Target::Memory => figures.memory_mib(),
     }
+}
+
+/// Fewest requests a served window must hold before latency targets are judged on it rather
+/// than on the capacity sweep: below it a p99 rests on a handful of requests.
+pub const MIN_SERVED_REQUESTS: u64 = 1000;
+
+/// A node's capacity for a model at its targets, measured by the agent through the serving
+/// path: an open-loop load over loopback gRPC, through the same server, decoding, batcher and
+/// encoding that clients use. Every figure is one a client on the node got.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Capacity {
+    /// The highest offered rate, requests per second, at which every latency target held and
+    /// nothing was rejected, in two runs; 0 when even the lowest rate tried missed a target.
+    pub throughput_rps: f64,
+    /// Median latency at that rate, milliseconds, timed by the client from each request's
+    /// scheduled send (at the lowest rate tried when the throughput is 0).
+    pub latency_p50_ms: f64,
+    /// 95th percentile latency at that rate, milliseconds.
+    pub latency_p95_ms: f64,
+    /// 99th percentile latency at that rate, milliseconds.
+    pub latency_p99_ms: f64,
+    /// Memory the model's engine holds at that load, MiB: in-use heap after the sweep minus
+    /// before the engine loaded, plus the agent's GPU memory on GPU providers. Absent when it
+    /// could not be read.
+    #[serde(default, rename = "memoryMiB", skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<f64>,
+    /// When the sweep ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_at: Option<Time>,
+    /// How the figures were measured, in words.
+    #[schemars(length(max = 1024))]
+    pub method: String,
+}
+
+impl Figures for Capacity {
+    fn latency_ms(&self, quantile: Quantile) -> Option<f64> {
+        Some(match quantile {
+            Quantile::P50 => self.latency_p50_ms,
+            Quantile::P95 => self.latency_p95_ms,
+            Quantile::P99 => self.latency_p99_ms,
+        })
+    }
+
+    fn throughput_rps(&self) -> Option<f64> {
+        Some(self.throughput_rps)
+    }
+
+    fn memory_mib(&self) -> Option<f64> {
+        self.memory_mib
+    }
+}
+
+/// Live traffic a node served for a model over a sliding window, measured at the server from
+/// request arrival to the response handed to the transport. The agent's own probe requests are
+/// not counted.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Served {
+    /// Length of the window, seconds.
+    pub window_seconds: u32,
+    /// Requests answered OK in the window.
+    pub requests: u64,
+    /// Requests answered OK per second over the window.
+    pub throughput_rps: f64,
+    /// Median latency, milliseconds; absent without requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_p50_ms: Option<f64>,
+    /// 95th percentile latency, milliseconds; absent without requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_p95_ms: Option<f64>,
+    /// 99th percentile latency, milliseconds; absent without requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_p99_ms: Option<f64>,
+    /// Answers other than OK and RESOURCE_EXHAUSTED, by gRPC code name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 17))]
+    pub errors: BTreeMap<String, u64>,
+    /// Requests refused with RESOURCE_EXHAUSTED (a full queue).
+    #[serde(default)]
+    pub rejected: u64,
+    /// Answered plus rejected requests per second: what clients asked for.
+    #[serde(default)]
+    pub demand_rps: f64,
+    /// When the window ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<Time>,
+}
+
+impl Served {
+    /// Whether these figures differ from `old` enough to be written again: a figure moved by
+    /// more than `fraction` (relative), or a latency appeared or went away. Statuses are
+    /// rewritten only then, so that steady traffic costs the apiserver nothing.
+    pub fn moved_from(&self, old: &Self, fraction: f64) -> bool {
+        let far = |a: f64, b: f64| {
+            let scale = a.abs().max(b.abs());
+            scale > 0.0 && (a - b).abs() / scale > fraction
+        };
+        let counts = |s: &Self| {
+            [
+                s.throughput_rps,
+                s.demand_rps,
+                s.rejected as f64,
+                s.errors.values().sum::<u64>() as f64,
+            ]
+        };
+        let latencies = |s: &Self| [s.latency_p50_ms, s.latency_p95_ms, s.latency_p99_ms];
+        counts(old)
+            .iter()
+            .zip(counts(self).iter())
+            .any(|(a, b)| far(*a, *b))
+            || latencies(old)
+                .iter()
+                .zip(latencies(self).iter())
+                .any(|(a, b)| match (a, b) {
+                    (Some(a), Some(b)) => far(*a, *b),
+                    (None, None) => false,
+                    _ => true,
+                })
+    }
+
+    /// Whether the window holds enough requests to judge latency targets on
+    /// ([`MIN_SERVED_REQUESTS`]).
+    pub fn judgeable(&self) -> bool {
+        self.requests >= MIN_SERVED_REQUESTS
+    }
+}
+
+impl Figures for Served {
+    fn latency_ms(&self, quantile: Quantile) -> Option<f64> {
+        match quantile {
+            Quantile::P50 => self.latency_p50_ms,
+            Quantile::P95 => self.latency_p95_ms,
+            Quantile::P99 => self.latency_p99_ms,
+        }
+    }
+
+    fn throughput_rps(&self) -> Option<f64> {
+        Some(self.throughput_rps)
+    }
+}
+
+/// Which figures a latency verdict rests on.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum FigureSource {
+    /// The live served window (it held at least 1000 requests).
+    Served,
+    /// The capacity sweep (too little live traffic to judge on).
+    Capacity,
+}
+
+impl FigureSource {
+    /// The name as written in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Served => "served",
+            Self::Capacity => "capacity",
+        }
+    }
+}
+
+/// The figures latency targets are judged on: the served window when it holds at least
+/// [`MIN_SERVED_REQUESTS`], else the capacity sweep; `None` before either exists.
+pub fn latency_basis<'a>(
+    capacity: Option<&'a Capacity>,
+    served: Option<&'a Served>,
+) -> Option<(FigureSource, &'a dyn Figures)> {
+    match (served, capacity) {
+        (Some(served), _) if served.judgeable() => Some((FigureSource::Served, served)),
+        (_, Some(capacity)) => Some((FigureSource::Capacity, capacity)),
+        _ => None,
+    }
+}
+
+/// Both kinds of figures in one phrase, for condition messages:
+/// `served p99 0.95 ms over 120345 requests in 60 s; capacity 41000 rps at p99 0.90 ms`.
+pub fn describe(capacity: Option<&Capacity>, served: Option<&Served>) -> String {
+    let served = match served {
+        Some(s) => match s.latency_p99_ms {
+            Some(p99) => format!(
+                "served p99 {p99:.3} ms over {} requests in {} s",
+                s.requests, s.window_seconds
+            ),
+            None => format!("served nothing in the last {} s", s.window_seconds),
+        },
+        None => "served: not reported yet".to_owned(),
+    };
+    let capacity = match capacity {
+        Some(c) => format!(
+            "capacity {:.0} rps at p99 {:.3} ms",
+            c.throughput_rps, c.latency_p99_ms
+        ),
+        None => "capacity unmeasured".to_owned(),
+    };
+    format!("{served}; {capacity}")
 }
 
 #[cfg(test)]
@@ -257,5 +467,27 @@ mod tests {
         let fields: Vec<&str> = Quantile::ALL.iter().map(|q| q.target_field()).collect();
         assert_eq!(fields, ["latencyP50Ms", "latencyP95Ms", "latencyP99Ms"]);
         assert_eq!(Target::Memory.field(), "memoryLimit");
+    }
+    #[test]
+    fn figures_are_rewritten_only_when_they_move_by_more_than_the_fraction() {
+        let base = Served {
+            throughput_rps: 1000.0,
+            latency_p99_ms: Some(1.0),
+            ..Served::default()
+        };
+        let close = Served {
+            throughput_rps: 1050.0,
+            latency_p99_ms: Some(1.05),
+            ..base.clone()
+        };
+        let far = Served {
+            latency_p99_ms: Some(1.2),
+            ..base.clone()
+        };
+        let idle = Served::default();
+        assert!(!close.moved_from(&base, 0.1));
+        assert!(far.moved_from(&base, 0.1));
+        assert!(idle.moved_from(&base, 0.1), "going idle is a change");
+        assert!(!idle.clone().moved_from(&idle, 0.1));
     }
 }

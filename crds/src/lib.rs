@@ -14,7 +14,10 @@ pub mod quantity;
 mod targets;
 
 pub use engine::{EngineConfig, ExecutionProvider, Measurement, Precision};
-pub use figures::{Figures, Miss, Quantile, Target};
+pub use figures::{
+    Capacity, FigureSource, Figures, MIN_SERVED_REQUESTS, Miss, Quantile, Served, Target, describe,
+    latency_basis,
+};
 pub use labels::{CAPABILITY_LABEL_PREFIX, CapabilityLabels, GpuLabels, HARDWARE_CLASS_LABEL};
 pub use model::{
     ConfigMapModel, MAX_PATH_LENGTH, MAX_URI_LENGTH, MAX_VARIANTS, ModelSource, ModelSpec,
@@ -24,8 +27,8 @@ pub use optimization_profile::{
     AgentEndpoint, OptimizationProfile, OptimizationProfileSpec, OptimizationProfileStatus,
 };
 pub use policy_service::{
-    NodeStatus, Placement, PolicyService, PolicyServiceSpec, PolicyServiceStatus, ProfileSelection,
-    ScalingStatus, ServiceEndpoint, TuningPins,
+    Compliance, NodeStatus, Placement, PolicyService, PolicyServiceSpec, PolicyServiceStatus,
+    ProfileSelection, ScalingStatus, ServiceEndpoint, TuningPins,
 };
 pub use profile::{HardwareClass, NodeCapacity, Profile, SearchSpace};
 pub use quantity::QuantityError;
@@ -47,6 +50,20 @@ pub const AGENT_METRICS_PORT: u16 = 8002;
 /// The agent's model root: where `model.path` sources live on a node. The chart mounts a node
 /// folder here, read-only, when `agent.hostModels.enabled` is set.
 pub const MODEL_ROOT: &str = "/var/lib/policyserve/models";
+
+/// gRPC metadata key that marks the agent's own probe requests (value `1`): they count neither
+/// in `served` nor in the request metrics.
+pub const PROBE_METADATA: &str = "policyserve-probe";
+
+/// How often each agent renews its Lease, seconds.
+pub const AGENT_LEASE_RENEW_SECONDS: u64 = 10;
+/// A node whose agent Lease is older than this, seconds, is not serving.
+pub const AGENT_LEASE_TIMEOUT_SECONDS: u64 = 40;
+
+/// The name of the Lease the agent on `node` renews in its own namespace.
+pub fn agent_lease_name(node: &str) -> String {
+    shorten(&format!("policyserve-agent-{node}"), node, 253)
+}
 
 /// Longest Kubernetes object name that is also a label value.
 const MAX_NAME: usize = 63;

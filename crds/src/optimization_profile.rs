@@ -6,7 +6,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{EngineConfig, HardwareClass, Measurement, ModelSpec, Profile, SearchSpace, Targets};
+use crate::{
+    Capacity, EngineConfig, HardwareClass, ModelSpec, Profile, SearchSpace, Served, Targets,
+};
 
 /// The plan for serving one PolicyService on one node, written by the operator; its status is
 /// written by the agent on that node.
@@ -22,8 +24,9 @@ use crate::{EngineConfig, HardwareClass, Measurement, ModelSpec, Profile, Search
     printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.nodeName"}"#,
     printcolumn = r#"{"name":"Profile","type":"string","jsonPath":".spec.profile"}"#,
     printcolumn = r#"{"name":"Serving","type":"string","jsonPath":".status.conditions[?(@.type==\"Serving\")].status"}"#,
-    printcolumn = r#"{"name":"P99","type":"number","jsonPath":".status.measured.latencyP99Ms"}"#,
-    printcolumn = r#"{"name":"RPS","type":"number","jsonPath":".status.measured.throughputRps"}"#,
+    printcolumn = r#"{"name":"Capacity","type":"number","jsonPath":".status.capacity.throughputRps","description":"requests/s at which every latency target held, measured over gRPC on the node"}"#,
+    printcolumn = r#"{"name":"P99","type":"number","jsonPath":".status.capacity.latencyP99Ms","description":"client-side P99 at that rate, ms"}"#,
+    printcolumn = r#"{"name":"Served","type":"number","jsonPath":".status.served.throughputRps","description":"requests/s answered over the last window"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -61,9 +64,12 @@ pub struct OptimizationProfileStatus {
     /// The configuration the tuner chose and the agent serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chosen: Option<EngineConfig>,
-    /// Figures measured with the chosen configuration.
+    /// The chosen configuration's capacity at the targets, measured through the serving path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub measured: Option<Measurement>,
+    pub capacity: Option<Capacity>,
+    /// Live traffic served over the last window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served: Option<Served>,
     /// Where the agent serves this model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<AgentEndpoint>,

@@ -6,8 +6,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    EngineConfig, ExecutionProvider, HardwareClass, Measurement, ModelSpec, Precision, Profile,
-    Targets,
+    Capacity, EngineConfig, ExecutionProvider, FigureSource, HardwareClass, ModelSpec, Precision,
+    Profile, Served, Targets,
 };
 
 /// Serve an ONNX policy model with latency, throughput and memory targets on the nodes whose
@@ -24,8 +24,9 @@ use crate::{
     printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.scaling.desiredReplicas"}"#,
     printcolumn = r#"{"name":"Serving","type":"integer","jsonPath":".status.scaling.servingReplicas"}"#,
     printcolumn = r#"{"name":"Compliant","type":"string","jsonPath":".status.conditions[?(@.type==\"PerformanceCompliant\")].status"}"#,
-    printcolumn = r#"{"name":"P99","type":"number","jsonPath":".status.measured.latencyP99Ms","description":"worst node's P99 latency, ms"}"#,
-    printcolumn = r#"{"name":"RPS","type":"number","jsonPath":".status.measured.throughputRps","description":"measured requests per second, summed over serving nodes"}"#,
+    printcolumn = r#"{"name":"P99","type":"number","jsonPath":".status.compliance.latencyP99Ms","description":"the P99 compliance is judged on (served, or capacity with little traffic), worst node, ms"}"#,
+    printcolumn = r#"{"name":"Capacity","type":"number","jsonPath":".status.capacity.throughputRps","description":"requests/s the serving nodes sustain within the latency targets, summed"}"#,
+    printcolumn = r#"{"name":"Demand","type":"number","jsonPath":".status.served.demandRps","description":"requests/s clients sent over the last window (answered and rejected), summed"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -171,9 +172,16 @@ pub struct PolicyServiceStatus {
     /// The scaling decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scaling: Option<ScalingStatus>,
-    /// Aggregate figures: throughput summed over serving nodes, the worst node for the rest.
+    /// Capacity of the serving nodes: throughput summed, latency and memory of the worst node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub measured: Option<Measurement>,
+    pub capacity: Option<Capacity>,
+    /// Traffic served: requests, throughput and demand summed, latency of the worst node with
+    /// enough requests to judge on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served: Option<Served>,
+    /// The P99 latency compliance is judged on, and which figures it came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compliance: Option<Compliance>,
     /// One entry per node the PolicyService is planned on.
     #[serde(default)]
     pub nodes: Vec<NodeStatus>,
@@ -209,15 +217,33 @@ pub struct NodeStatus {
     pub profile: Profile,
     /// Name of the OptimizationProfile for this node.
     pub optimization_profile: String,
-    /// Whether this node's measured figures meet the per-node targets; unset until measured.
+    /// Whether this node's figures meet the latency and memory targets and its capacity its
+    /// share of the throughput target; unset until measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compliant: Option<bool>,
     /// The configuration the node's tuner chose.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chosen: Option<EngineConfig>,
-    /// The node's measured figures.
+    /// The node's capacity at the targets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub measured: Option<Measurement>,
+    pub capacity: Option<Capacity>,
+    /// What the node served over the last window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served: Option<Served>,
+    /// Why this node and profile, and how it stands, in one line with the figures.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// The latency compliance is judged on.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Compliance {
+    /// `served` when the serving nodes' windows held enough requests, else `capacity`.
+    pub source: FigureSource,
+    /// The worst serving node's P99 from that source, milliseconds; absent until measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_p99_ms: Option<f64>,
 }
 
 /// The stable address of a PolicyService.

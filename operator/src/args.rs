@@ -48,6 +48,11 @@ pub struct Args {
     #[arg(long, env = "POD_NAMESPACE", default_value = "policyserve-system")]
     pub lease_namespace: String,
 
+    /// Namespace of the agents' Leases (the agent DaemonSet's); defaults to the leader
+    /// Lease's namespace, where the chart installs both.
+    #[arg(long, env = "POLICYSERVE_AGENT_NAMESPACE")]
+    pub agent_namespace: Option<String>,
+
     /// Name of the leader Lease.
     #[arg(
         long,
@@ -102,6 +107,10 @@ impl Args {
     /// The controller's settings from these flags.
     pub fn controller_config(&self) -> ControllerConfig {
         ControllerConfig {
+            agent_namespace: self
+                .agent_namespace
+                .clone()
+                .unwrap_or_else(|| self.lease_namespace.clone()),
             namespace: self.namespace.clone(),
             node_selector: self.node_selector.clone(),
             tuning_budget_seconds: self.tuning_budget_seconds,

@@ -27,6 +27,7 @@ use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+pub mod local;
 pub mod specs;
 
 /// The workspace root.
@@ -292,6 +293,25 @@ pub fn start_controller(
     stop
 }
 
+/// Renews the agent Lease of `node` in `namespace`, as the node's agent does every 10 s: tests
+/// that write profile statuses in an agent's place use it, since the operator treats a node
+/// without a fresh Lease as not serving.
+///
+/// # Errors
+/// When the apiserver refuses the Lease.
+pub async fn agent_heartbeat(client: &Client, namespace: &str, node: &str) -> Result<()> {
+    let lease = policyserve_agent::lease::lease(namespace, node);
+    let name = policyserve_crds::agent_lease_name(node);
+    Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), namespace)
+        .patch(
+            &name,
+            &kube::api::PatchParams::apply(policyserve_agent::FIELD_MANAGER).force(),
+            &kube::api::Patch::Apply(&lease),
+        )
+        .await?;
+    Ok(())
+}
+
 /// One test's slice of the cluster: its namespace, the [`RUN_LABEL`] value its Nodes carry, and
 /// an in-process controller that sees only those (it stops when `stop` is dropped).
 #[allow(missing_debug_implementations)] // kube::Client has no Debug
@@ -318,6 +338,7 @@ pub async fn controller_scope(
     let run = unique_name("run");
     let mut config = policyserve_operator::ControllerConfig {
         namespace: Some(namespace.clone()),
+        agent_namespace: namespace.clone(),
         node_selector: Some(format!("{RUN_LABEL}={run}")),
         scale_down_stabilization: Duration::from_secs(2),
         ..policyserve_operator::ControllerConfig::default()

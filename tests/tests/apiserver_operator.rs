@@ -19,7 +19,8 @@ use policyserve_crds::{OptimizationProfile, PolicyService};
 use policyserve_operator::FINALIZER;
 use policyserve_operator::leader::{Leadership, LeaseSettings};
 use policyserve_tests::{
-    ControllerScope, RUN_LABEL, client, controller_scope, eventually, test_namespace, unique_name,
+    ControllerScope, RUN_LABEL, agent_heartbeat, client, controller_scope, eventually,
+    test_namespace, unique_name,
 };
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -138,8 +139,10 @@ impl World {
         .await
     }
 
-    /// Writes a profile's status as the node's agent would.
+    /// Writes a profile's status as the node's agent would, and renews that agent's Lease.
     async fn agent_reports(&self, profile: &str, status: Value) -> Result<()> {
+        let node = self.profiles().get(profile).await?.spec.node_name;
+        agent_heartbeat(&self.client, &self.namespace, &node).await?;
         self.profiles()
             .patch_status(
                 profile,
@@ -168,9 +171,9 @@ fn serving(rps: f64, p99_ms: f64, memory_mib: f64) -> Value {
             condition("Serving", "True", "Serving", "serving on 10.0.0.5:8001"),
         ],
         "chosen": {"executionProviders": ["CPU"], "precision": "fp32", "intraOpThreads": 1, "maxBatchSize": 8},
-        "measured": {
+        "capacity": {
             "latencyP50Ms": p99_ms / 2.0, "latencyP95Ms": p99_ms * 0.8, "latencyP99Ms": p99_ms,
-            "throughputRps": rps, "memoryMiB": memory_mib
+            "throughputRps": rps, "memoryMiB": memory_mib, "method": "written by the test"
         },
         "endpoint": {"address": "10.0.0.5", "port": 8001, "modelName": "x"}
     })
@@ -262,7 +265,7 @@ async fn a_policy_service_gets_a_profile_on_the_best_node_and_reports_measuring(
 }
 
 #[tokio::test]
-async fn measured_throughput_scales_out_then_in_after_the_stabilization_window() -> Result<()> {
+async fn measured_capacity_scales_out_then_in_after_the_stabilization_window() -> Result<()> {
     let world = World::start("op-scale").await?;
     let mut nodes = Vec::new();
     for _ in 0..3 {
@@ -309,7 +312,8 @@ async fn measured_throughput_scales_out_then_in_after_the_stabilization_window()
         .condition("swarm", THROUGHPUT_TARGET_MET, "True", "TargetsMet")
         .await?;
     assert!(
-        met.message.contains("measured 6000 rps on 3 serving nodes"),
+        met.message
+            .contains("capacity 6000 rps summed over 3 serving nodes"),
         "{}",
         met.message
     );
@@ -319,7 +323,7 @@ async fn measured_throughput_scales_out_then_in_after_the_stabilization_window()
     world.condition("swarm", READY, "True", "Serving").await?;
     let ps = world.policy_services().get("swarm").await?;
     let status = ps.status.context("status")?;
-    assert_eq!(status.measured.context("measured")?.throughput_rps, 6000.0);
+    assert_eq!(status.capacity.context("capacity")?.throughput_rps, 6000.0);
     assert!(status.nodes.iter().all(|n| n.compliant == Some(true)));
 
     // Faster agents: one node suffices, after the (2 s) window.
@@ -383,7 +387,7 @@ async fn a_target_that_max_replicas_cannot_reach_is_reported_with_the_numbers() 
         .await?;
     assert!(
         missed.message.contains(
-            "even maxReplicas 1 × 1000 rps measured per node = 1000 rps < target 10000 rps"
+            "even maxReplicas 1 × 1000 rps capacity per node = 1000 rps < target 10000 rps"
         ),
         "{}",
         missed.message

@@ -18,7 +18,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use policyserve_crds::{OptimizationProfile, PolicyService};
-use policyserve_tests::{ControllerScope, RUN_LABEL, controller_scope, eventually, unique_name};
+use policyserve_tests::{
+    ControllerScope, RUN_LABEL, agent_heartbeat, controller_scope, eventually, unique_name,
+};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -125,7 +127,8 @@ impl World {
         .await
     }
 
-    /// Writes a profile's status as the node's agent would: Serving or not, at `address`.
+    /// Writes a profile's status as the node's agent would: Serving or not, at `address`; the
+    /// agent's Lease is renewed too.
     async fn agent_reports(
         &self,
         profile: &str,
@@ -133,6 +136,13 @@ impl World {
         address: &str,
         model: &str,
     ) -> Result<()> {
+        let node = self
+            .api::<OptimizationProfile>()
+            .get(profile)
+            .await?
+            .spec
+            .node_name;
+        agent_heartbeat(&self.client, &self.namespace, &node).await?;
         let status = if serving { "True" } else { "False" };
         let reason = if serving { "Serving" } else { "Draining" };
         let patch = json!({"status": {

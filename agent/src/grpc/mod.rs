@@ -6,6 +6,7 @@ mod tensor;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use policyserve_crds::PROBE_METADATA;
 use tonic::{Code, Request, Response, Status};
 
 use crate::Error;
@@ -51,13 +52,14 @@ impl<M: Models> InferenceService<M> {
             .max_encoding_message_size(max_message_bytes)
     }
 
-    fn find(&self, name: &str, version: &str) -> Result<Arc<ServedModel>, Status> {
-        let model = self.models.model(name).ok_or_else(|| {
-            Status::not_found(format!(
-                "model {name:?} is not served here; served: [{}]",
-                self.models.names().join(", ")
-            ))
-        })?;
+    /// The model a request names: a served one, or for probe requests also a probe's engine.
+    /// The error names no other model: which models a node serves is not the caller's business.
+    fn find(&self, name: &str, version: &str, probe: bool) -> Result<Arc<ServedModel>, Status> {
+        let model = probe
+            .then(|| self.models.probe(name))
+            .flatten()
+            .or_else(|| self.models.model(name))
+            .ok_or_else(|| Status::not_found(format!("model {name:?} is not served here")))?;
         if !version.is_empty() && version != model.version {
             return Err(Status::not_found(format!(
                 "model {name:?} has no version {version:?}; served version: {:?}",
@@ -69,11 +71,11 @@ impl<M: Models> InferenceService<M> {
 
     async fn infer(
         &self,
+        model: &ServedModel,
         request: Request<ModelInferRequest>,
     ) -> Result<ModelInferResponse, Status> {
         let deadline = grpc_deadline(&request);
         let mut request = request.into_inner();
-        let model = self.find(&request.model_name, &request.model_version)?;
         let signature = model.engine.signature();
         let [input] = request.inputs.as_mut_slice() else {
             return Err(Status::invalid_argument(format!(
@@ -159,22 +161,33 @@ impl<M: Models> InferenceService<M> {
         Ok(response)
     }
 
-    fn record(&self, model: &str, started: Instant, code: Code) {
+    /// Counts an answer in the metrics and the model's traffic window; `model` is `None` when
+    /// the request named no served model, whose name then stays out of the metric labels.
+    fn record(&self, model: Option<&ServedModel>, started: Instant, code: Code) {
+        let latency = started.elapsed();
+        let name = model.map(|m| m.name.clone()).unwrap_or_default();
         let labels = RequestLabels {
-            model: model.to_owned(),
+            model: name.clone(),
             code: format!("{code:?}"),
         };
         self.metrics.requests.get_or_create(&labels).inc();
+        let Some(model) = model else { return };
+        model.traffic.record(started, latency, code);
         if code == Code::Ok {
-            let labels = ModelLabels {
-                model: model.to_owned(),
-            };
             self.metrics
                 .latency
-                .get_or_create(&labels)
-                .observe(started.elapsed().as_secs_f64());
+                .get_or_create(&ModelLabels { model: name })
+                .observe(latency.as_secs_f64());
         }
     }
+}
+
+/// Whether the request is the agent's own capacity probe (`policyserve-probe: 1`).
+fn is_probe<T>(request: &Request<T>) -> bool {
+    request
+        .metadata()
+        .get(PROBE_METADATA)
+        .is_some_and(|value| value == "1")
 }
 
 /// The client's deadline from the `grpc-timeout` header, so that requests whose caller has
@@ -231,7 +244,7 @@ impl<M: Models> GrpcInferenceService for InferenceService<M> {
         request: Request<ModelReadyRequest>,
     ) -> Result<Response<ModelReadyResponse>, Status> {
         let request = request.into_inner();
-        let ready = self.find(&request.name, &request.version).is_ok();
+        let ready = self.find(&request.name, &request.version, false).is_ok();
         Ok(Response::new(ModelReadyResponse { ready }))
     }
 
@@ -251,7 +264,7 @@ impl<M: Models> GrpcInferenceService for InferenceService<M> {
         request: Request<ModelMetadataRequest>,
     ) -> Result<Response<ModelMetadataResponse>, Status> {
         let request = request.into_inner();
-        let model = self.find(&request.name, &request.version)?;
+        let model = self.find(&request.name, &request.version, false)?;
         let signature = model.engine.signature();
         let describe = |spec: &crate::engine::TensorSpec| TensorMetadata {
             name: spec.name.clone(),
@@ -274,13 +287,20 @@ impl<M: Models> GrpcInferenceService for InferenceService<M> {
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
         let started = Instant::now();
-        let model = request.get_ref().model_name.clone();
-        let result = self.infer(request).await;
-        self.record(
-            &model,
-            started,
-            result.as_ref().map_or_else(Status::code, |_| Code::Ok),
-        );
+        let probe = is_probe(&request);
+        let message = request.get_ref();
+        let (model, result) = match self.find(&message.model_name, &message.model_version, probe) {
+            Ok(model) => {
+                let result = self.infer(&model, request).await;
+                (Some(model), result)
+            }
+            Err(status) => (None, Err(status)),
+        };
+        // Probe requests measure the server; counting them would make it measure itself.
+        if !probe {
+            let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+            self.record(model.as_deref(), started, code);
+        }
         result.map(Response::new)
     }
 }

@@ -9,7 +9,7 @@
 pub mod status;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,16 +17,16 @@ use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
-use policyserve_crds::{AgentEndpoint, OptimizationProfile, SearchSpace, Targets};
+use kube::{Api, Client, Resource, ResourceExt};
+use policyserve_crds::{AgentEndpoint, Capacity, OptimizationProfile, SearchSpace, Targets};
 use tokio::task::JoinHandle;
 
 use self::status::StatusWriter;
 use crate::engine::{Engine, EngineOptions, ModelFiles};
 use crate::fetch::Fetcher;
 use crate::registry::{ModelRegistry, Models, ServedModel};
-use crate::tuner::{self, Candidate, MeasureSettings};
-use crate::{Error, Result};
+use crate::tuner::{self, sweep::SweepSettings};
+use crate::{Error, FIELD_MANAGER, Result};
 
 /// What the profile server needs to know about its node.
 #[derive(Clone, Debug)]
@@ -37,11 +37,21 @@ pub struct ProfileServerConfig {
     pub address: IpAddr,
     /// The gRPC port.
     pub port: u16,
-    /// How often a served model is re-measured.
+    /// Where this agent's own gRPC server is reached from the node itself (capacity sweeps).
+    pub loopback: SocketAddr,
+    /// How often an idle model's capacity is probed again.
     pub revalidate: Duration,
+    /// The served window's length.
+    pub served_window: Duration,
+    /// How often the served figures may be written (when they moved).
+    pub served_write: Duration,
     /// Engine settings that are not tuned.
     pub engine: EngineOptions,
 }
+
+/// Served figures are rewritten only when one moved by more than this fraction (or a
+/// condition changed): a thousand PolicyServices must not become a write storm.
+const MOVED: f64 = 0.10;
 
 /// Serves this node's OptimizationProfiles.
 pub struct ProfileServer {
@@ -58,7 +68,8 @@ struct Worker {
     model: String,
     tuning_key: String,
     generation: Option<i64>,
-    outcome: Arc<Mutex<Option<Candidate>>>,
+    /// The targets the worker judges against; a throughput-only edit replaces them in place.
+    targets: Arc<Mutex<Targets>>,
     task: JoinHandle<()>,
 }
 
@@ -141,22 +152,19 @@ impl ProfileServer {
             match workers.get_mut(&key) {
                 Some(worker) if worker.tuning_key == tuning_key => {
                     if worker.generation != generation {
-                        // Only the targets changed: judge the served configuration again.
+                        // Only the throughput share changed: the worker judges against it from
+                        // its next write on.
                         worker.generation = generation;
-                        let outcome = worker.outcome.lock().ok().and_then(|o| o.clone());
-                        if let Some(outcome) = outcome {
-                            let this = Arc::clone(self);
-                            tokio::spawn(async move { this.rejudge(&profile, outcome).await });
-                        }
+                        *lock(&worker.targets) = profile.spec.targets.clone();
                     }
                 }
                 _ => {
-                    let outcome = Arc::new(Mutex::new(None));
+                    let targets = Arc::new(Mutex::new(profile.spec.targets.clone()));
                     let this = Arc::clone(self);
                     let task = tokio::spawn({
-                        let outcome = Arc::clone(&outcome);
+                        let targets = Arc::clone(&targets);
                         let profile = Arc::clone(&profile);
-                        async move { this.serve(&profile, outcome).await }
+                        async move { this.serve(&profile, targets).await }
                     });
                     let model = policyserve_crds::model_name(
                         &profile.namespace().unwrap_or_default(),
@@ -168,7 +176,7 @@ impl ProfileServer {
                             model,
                             tuning_key,
                             generation,
-                            outcome,
+                            targets,
                             task,
                         },
                     );
@@ -185,44 +193,44 @@ impl ProfileServer {
         }
     }
 
-    /// Fetch, check, tune, serve, then re-measure periodically.
-    async fn serve(&self, profile: &OptimizationProfile, outcome: Arc<Mutex<Option<Candidate>>>) {
+    /// Fetch, check, tune, serve; then keep the served figures current and probe the
+    /// capacity again while the model is idle.
+    async fn serve(&self, profile: &OptimizationProfile, targets: Arc<Mutex<Targets>>) {
         let namespace = profile.namespace().unwrap_or_default();
         let model = policyserve_crds::model_name(&namespace, &profile.spec.policy_service);
         tracing::info!(model, generation = ?profile.metadata.generation, "loading");
         let mut writer = StatusWriter::new(profile.status.clone(), profile.metadata.generation);
         writer.loading();
         self.write(profile, &writer).await;
-        let served = match self.load_and_tune(profile, &model, &mut writer).await {
-            Ok(served) => served,
-            Err(e) => {
-                tracing::warn!(model, "cannot serve: {e}");
-                writer.failed(&e, self.registry.model(&model).is_some());
-                self.write(profile, &writer).await;
-                return;
-            }
-        };
-        if let Ok(mut slot) = outcome.lock() {
-            *slot = Some(served.clone());
+        if let Err(e) = self.load_and_tune(profile, &model, &mut writer).await {
+            tracing::warn!(model, "cannot serve: {e}");
+            writer.failed(&e, self.registry.model(&model).is_some());
+            self.write(profile, &writer).await;
+            return;
         }
+        let mut next_probe = tokio::time::Instant::now() + self.config.revalidate;
+        let mut judged_targets = lock(&targets).clone();
         loop {
-            tokio::time::sleep(self.config.revalidate).await;
+            tokio::time::sleep(self.config.served_write).await;
             let Some(current) = self.registry.model(&model) else {
                 return;
             };
-            let targets = profile.spec.targets.clone();
-            let measured =
-                tokio::task::spawn_blocking(move || revalidate(&current.engine, &targets)).await;
-            match measured {
-                Ok(Ok(candidate)) => {
-                    writer.measured(&candidate);
-                    self.write(profile, &writer).await;
-                    if let Ok(mut slot) = outcome.lock() {
-                        *slot = Some(candidate);
-                    }
+            let served = current.traffic.summary(std::time::Instant::now());
+            let idle = served.requests == 0 && served.rejected == 0;
+            let mut changed = writer.served(served, MOVED);
+            if idle && tokio::time::Instant::now() >= next_probe {
+                next_probe = tokio::time::Instant::now() + self.config.revalidate;
+                if let Some(capacity) = self.probe(profile, &current, &judged_targets).await {
+                    writer.capacity(capacity);
+                    changed = true;
                 }
-                Ok(Err(e)) => tracing::warn!(model, "re-measuring failed: {e}"),
-                Err(e) => tracing::warn!(model, "re-measuring panicked: {e}"),
+            }
+            let now_targets = lock(&targets).clone();
+            changed |= now_targets != judged_targets;
+            judged_targets = now_targets;
+            changed |= writer.judge(&judged_targets);
+            if changed {
+                self.write(profile, &writer).await;
             }
         }
     }
@@ -232,7 +240,7 @@ impl ProfileServer {
         profile: &OptimizationProfile,
         model: &str,
         writer: &mut StatusWriter,
-    ) -> Result<Candidate> {
+    ) -> Result<()> {
         let spec = &profile.spec;
         let namespace = profile.namespace().unwrap_or_default();
         let files = self.fetcher.model(&namespace, model, &spec.model).await?;
@@ -253,37 +261,40 @@ impl ProfileServer {
             "tuning"
         );
 
-        let report = {
+        let (tuning, engine) = {
+            // One tuning or probe at a time: sweeps side by side would measure each other.
             let _turn = self.tuning.lock().await;
             let (files, targets, options) = (
                 files.clone(),
                 spec.targets.clone(),
                 self.config.engine.clone(),
             );
+            let (registry, address) = (Arc::clone(&self.registry), self.config.loopback);
             let budget = Duration::from_secs(u64::from(spec.tuning_budget_seconds.max(1)));
             blocking(move || {
-                tuner::quick_search(&files, &targets, &space, &options, budget, &mut |_| {})
+                let loopback = tuner::Loopback {
+                    registry: &registry,
+                    address,
+                };
+                tuner::tune(
+                    &files,
+                    &targets,
+                    &space,
+                    &options,
+                    budget,
+                    loopback,
+                    &mut |_| {},
+                )
             })
             .await?
         };
-        writer.tuned(&report.chosen, report.candidates.len());
-
-        let (config, options, name) = (
-            report.chosen.config.clone(),
-            self.config.engine.clone(),
-            model.to_owned(),
-        );
-        let engine = blocking(move || {
-            let engine = Engine::load(&files, &config, &options)?;
-            engine.warm_up()?;
-            Ok(engine)
-        })
-        .await?;
-        if let Some(previous) = self.registry.insert(ServedModel {
-            name,
-            version: "1".into(),
-            engine,
-        }) {
+        writer.tuned(&tuning);
+        writer.judge(&spec.targets);
+        let window = u32::try_from(self.config.served_window.as_secs()).unwrap_or(u32::MAX);
+        if let Some(previous) = self
+            .registry
+            .insert(ServedModel::new(model, engine, window.max(1)))
+        {
             tokio::task::spawn_blocking(move || drop(previous));
         }
         let endpoint = AgentEndpoint {
@@ -293,40 +304,80 @@ impl ProfileServer {
         };
         writer.serving(true, Some(endpoint), "the tuned model");
         self.write(profile, writer).await;
-        tracing::info!(model, config = ?report.chosen.config, failing = ?report.failing, "serving");
-        Ok(report.chosen)
-    }
-
-    /// The targets changed but not what was tuned: judge the served figures against them.
-    async fn rejudge(&self, profile: &OptimizationProfile, mut outcome: Candidate) {
-        outcome.failing = tuner::failing(&profile.spec.targets, &outcome.measured);
-        let api = Api::<OptimizationProfile>::namespaced(
-            self.client.clone(),
-            &profile.namespace().unwrap_or_default(),
+        tracing::info!(
+            model,
+            config = ?tuning.chosen.config,
+            capacity_rps = tuning.chosen.capacity.throughput_rps,
+            failing = ?tuning.failing,
+            "serving"
         );
-        let stored = api
-            .get_status(&profile.name_any())
-            .await
-            .ok()
-            .and_then(|p| p.status);
-        let mut writer = StatusWriter::new(stored, profile.metadata.generation);
-        writer.measured(&outcome);
-        self.write(profile, &writer).await;
+        Ok(())
     }
 
-    /// Writes the status; a failure is logged, not fatal (the next write carries it all).
+    /// Sweeps the served model's capacity again with probe requests, holding the tuning lock;
+    /// `None` when a real request arrived (the probe stops at once) or the sweep failed.
+    async fn probe(
+        &self,
+        profile: &OptimizationProfile,
+        served: &Arc<ServedModel>,
+        targets: &Targets,
+    ) -> Option<Capacity> {
+        let _turn = self.tuning.lock().await;
+        let (served, targets) = (Arc::clone(served), targets.clone());
+        let address = self.config.loopback;
+        let budget = Duration::from_secs(u64::from(profile.spec.tuning_budget_seconds.max(1)));
+        let arrivals = served.traffic.arrivals();
+        let result = blocking(move || {
+            let input = &served.engine.signature().input;
+            let ceiling = served
+                .traffic
+                .summary(std::time::Instant::now())
+                .throughput_rps;
+            let settings = SweepSettings::for_budget(budget / 2, ceiling.max(1000.0) * 64.0);
+            let stop = || served.traffic.arrivals() != arrivals;
+            let result = tuner::capacity_sweep(
+                address,
+                &served.name,
+                &input.name,
+                input.row_len(),
+                &targets,
+                &settings,
+                &stop,
+            )?;
+            Ok(result.capacity.filter(|_| !result.stopped).map(|mut c| {
+                c.measured_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    jiff::Timestamp::now(),
+                ));
+                c.method = tuner::method(&settings);
+                c
+            }))
+        })
+        .await;
+        match result {
+            Ok(capacity) => capacity,
+            Err(e) => {
+                tracing::warn!(model = %profile.spec.policy_service, "capacity probe failed: {e}");
+                None
+            }
+        }
+    }
+
+    /// Writes the whole status by server-side apply, so that a figure that went away (a
+    /// latency of an idle window) goes from the stored status too; a failure is logged, not
+    /// fatal (the next write carries it all).
     async fn write(&self, profile: &OptimizationProfile, writer: &StatusWriter) {
         let api = Api::<OptimizationProfile>::namespaced(
             self.client.clone(),
             &profile.namespace().unwrap_or_default(),
         );
-        let patch = serde_json::json!({ "status": writer.status });
+        let patch = serde_json::json!({
+            "apiVersion": OptimizationProfile::api_version(&()),
+            "kind": OptimizationProfile::kind(&()),
+            "status": writer.status,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
         if let Err(e) = api
-            .patch_status(
-                &profile.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
+            .patch_status(&profile.name_any(), &params, &Patch::Apply(&patch))
             .await
         {
             tracing::warn!(profile = %profile.name_any(), "cannot write status: {e}");
@@ -383,20 +434,11 @@ fn fit_to_host(space: &SearchSpace, files: &ModelFiles) -> SearchSpace {
     }
 }
 
-/// Re-measures the served engine briefly.
-fn revalidate(engine: &Engine, targets: &Targets) -> Result<Candidate> {
-    let measured = tuner::measure(
-        engine,
-        MeasureSettings {
-            window: Duration::from_secs(1),
-        },
-    )?;
-    Ok(Candidate {
-        config: engine.config().clone(),
-        failing: tuner::failing(targets, &measured),
-        measured,
-        fallbacks: engine.fallbacks().to_vec(),
-    })
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain data: a panic elsewhere leaves it usable.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Runs ONNX Runtime work on the blocking pool, never on async worker threads.

@@ -2,10 +2,13 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use policyserve_crds::conditions::{self, LOADED, SERVING, TARGETS_MET, TUNED, status};
-use policyserve_crds::{AgentEndpoint, OptimizationProfileStatus};
+use policyserve_crds::{
+    AgentEndpoint, Capacity, Miss, OptimizationProfileStatus, Served, Target, Targets, describe,
+    latency_basis,
+};
 
 use crate::Error;
-use crate::tuner::Candidate;
+use crate::tuner::Tuning;
 
 pub use policyserve_crds::conditions::reasons;
 
@@ -19,15 +22,15 @@ pub fn load_failure_reason(error: &Error) -> &'static str {
     }
 }
 
-/// The TargetsMet reason for a list of failing targets (latency first: nothing else makes up
-/// for it; throughput last: more nodes do).
-pub fn targets_reason(failing: &[String]) -> &'static str {
-    let misses = |prefix: &str| failing.iter().any(|f| f.starts_with(prefix));
-    if failing.is_empty() {
+/// The TargetsMet reason for a list of misses (latency first: nothing else makes up for it;
+/// throughput last: more nodes do).
+pub fn targets_reason(misses: &[Miss]) -> &'static str {
+    let misses_a = |f: fn(&Target) -> bool| misses.iter().any(|m| f(&m.target));
+    if misses.is_empty() {
         reasons::TARGETS_MET
-    } else if misses("latency") {
+    } else if misses_a(|t| matches!(t, Target::Latency(_))) {
         reasons::LATENCY_TARGET_MISSED
-    } else if misses("memory") {
+    } else if misses_a(|t| matches!(t, Target::Memory)) {
         reasons::MEMORY_LIMIT_EXCEEDED
     } else {
         reasons::THROUGHPUT_TARGET_MISSED
@@ -50,7 +53,7 @@ impl StatusWriter {
         Self { status, generation }
     }
 
-    fn set(&mut self, type_: &str, value: &str, reason: &str, message: impl Into<String>) {
+    fn set(&mut self, type_: &str, value: &str, reason: &str, message: impl Into<String>) -> bool {
         let now = Time(jiff::Timestamp::now());
         conditions::set(
             &mut self.status.conditions,
@@ -60,7 +63,7 @@ impl StatusWriter {
             message,
             self.generation,
             &now,
-        );
+        )
     }
 
     /// Fetching and checking the model.
@@ -129,40 +132,97 @@ impl StatusWriter {
         );
     }
 
-    /// The tuner chose `chosen`, after measuring `tried` configurations.
-    pub fn tuned(&mut self, chosen: &Candidate, tried: usize) {
-        let mut message = format!("chose the best of {tried} measured configurations");
+    /// Tuning chose `tuning.chosen`, after ranking and sweeping.
+    pub fn tuned(&mut self, tuning: &Tuning) {
+        let chosen = &tuning.chosen;
+        let mut message = format!(
+            "chose the best of {} ranked configurations; swept {} over gRPC: {:.0} rps at p99 \
+             {:.3} ms",
+            tuning.candidates.len(),
+            tuning.swept.len(),
+            chosen.capacity.throughput_rps,
+            chosen.capacity.latency_p99_ms
+        );
         if !chosen.fallbacks.is_empty() {
             message.push_str(&format!("; fallbacks: {}", chosen.fallbacks.join("; ")));
         }
         self.set(TUNED, status::TRUE, reasons::TUNED, message);
         self.status.chosen = Some(chosen.config.clone());
-        self.measured(chosen);
+        self.status.capacity = Some(chosen.capacity.clone());
     }
 
-    /// New figures for the served configuration.
-    pub fn measured(&mut self, candidate: &Candidate) {
-        self.status.measured = Some(candidate.measured.clone());
-        let message = if candidate.failing.is_empty() {
-            let m = &candidate.measured;
-            format!(
-                "p50 {:.3} ms, p99 {:.3} ms, {:.0} rps, {:.1} MiB",
-                m.latency_p50_ms, m.latency_p99_ms, m.throughput_rps, m.memory_mib
-            )
-        } else {
-            candidate.failing.join("; ")
+    /// A new capacity figure (a periodic probe); memory, which probes do not measure, is kept.
+    pub fn capacity(&mut self, mut capacity: Capacity) {
+        if let Some(old) = &self.status.capacity {
+            capacity.memory_mib = capacity.memory_mib.or(old.memory_mib);
+        }
+        self.status.capacity = Some(capacity);
+    }
+
+    /// The served window's figures; true when they moved enough (by more than `fraction`) to
+    /// be worth writing.
+    pub fn served(&mut self, served: Served, fraction: f64) -> bool {
+        let moved = self
+            .status
+            .served
+            .as_ref()
+            .is_none_or(|old| served.moved_from(old, fraction));
+        if moved {
+            self.status.served = Some(served);
+        }
+        moved
+    }
+
+    /// Judges `targets` (this node's share of the throughput) on the figures: latency on the
+    /// served window when it holds enough requests, else on capacity; throughput and memory on
+    /// capacity. True when the condition changed.
+    pub fn judge(&mut self, targets: &Targets) -> bool {
+        let capacity = self.status.capacity.clone();
+        let served = self.status.served.clone();
+        let Some((source, basis)) = latency_basis(capacity.as_ref(), served.as_ref()) else {
+            return self.set(
+                TARGETS_MET,
+                status::UNKNOWN,
+                reasons::MEASURING,
+                "waiting for the capacity sweep",
+            );
         };
-        let value = if candidate.failing.is_empty() {
-            status::TRUE
-        } else {
-            status::FALSE
-        };
+        let mut misses = targets.latency_misses(basis);
+        if let Some(capacity) = &capacity {
+            misses.extend(
+                targets
+                    .misses(capacity)
+                    .into_iter()
+                    .filter(|m| !matches!(m.target, Target::Latency(_))),
+            );
+        }
+        let unmeasured = capacity
+            .as_ref()
+            .map(|c| targets.unmeasured(c))
+            .unwrap_or_default();
+        let figures = describe(capacity.as_ref(), served.as_ref());
+        let judged_on = format!("latency judged on {}", source.as_str());
+        if !misses.is_empty() {
+            let list: Vec<String> = misses.iter().map(ToString::to_string).collect();
+            let message = format!("{} ({judged_on}; {figures})", list.join("; "));
+            return self.set(TARGETS_MET, status::FALSE, targets_reason(&misses), message);
+        }
+        if unmeasured.contains(&Target::Memory) {
+            return self.set(
+                TARGETS_MET,
+                status::UNKNOWN,
+                reasons::MEASURING,
+                format!(
+                    "memory unmeasured, so memoryLimit cannot be judged ({judged_on}; {figures})"
+                ),
+            );
+        }
         self.set(
             TARGETS_MET,
-            value,
-            targets_reason(&candidate.failing),
-            message,
-        );
+            status::TRUE,
+            reasons::TARGETS_MET,
+            format!("{judged_on}; {figures}"),
+        )
     }
 
     /// Whether the model is served, and where.
@@ -188,20 +248,55 @@ impl StatusWriter {
 
 #[cfg(test)]
 mod tests {
-    use policyserve_crds::{EngineConfig, Measurement};
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    use policyserve_crds::{EngineConfig, Quantile};
 
     use super::*;
+    use crate::tuner::Swept;
 
-    fn candidate(failing: &[&str]) -> Candidate {
-        Candidate {
+    fn capacity(rps: f64, p99: f64, memory_mib: Option<f64>) -> Capacity {
+        Capacity {
+            throughput_rps: rps,
+            latency_p50_ms: p99 / 2.0,
+            latency_p95_ms: p99,
+            latency_p99_ms: p99,
+            memory_mib,
+            ..Capacity::default()
+        }
+    }
+
+    fn tuning(capacity: Capacity) -> Tuning {
+        let chosen = Swept {
             config: EngineConfig::default(),
-            measured: Measurement {
-                latency_p99_ms: 1.5,
-                throughput_rps: 900.0,
-                ..Measurement::default()
-            },
-            failing: failing.iter().map(|s| s.to_string()).collect(),
+            capacity,
             fallbacks: vec!["CUDA: not in this build".into()],
+            steps: Vec::new(),
+        };
+        Tuning {
+            candidates: Vec::new(),
+            swept: vec![chosen.clone()],
+            chosen,
+            targets_met: true,
+            failing: Vec::new(),
+        }
+    }
+
+    fn served(requests: u64, p99: f64) -> Served {
+        Served {
+            window_seconds: 60,
+            requests,
+            throughput_rps: requests as f64 / 60.0,
+            latency_p99_ms: Some(p99),
+            ..Served::default()
+        }
+    }
+
+    fn targets(p99: f64) -> Targets {
+        Targets {
+            latency_p99_ms: Some(p99),
+            throughput_rps: Some(1000.0),
+            memory_limit: Some(Quantity("512Mi".into())),
+            ..Targets::default()
         }
     }
 
@@ -238,17 +333,25 @@ mod tests {
 
     #[test]
     fn the_most_serious_miss_names_the_reason() {
+        let miss = |target| Miss {
+            target,
+            value: 2.0,
+            limit: 1.0,
+        };
         assert_eq!(targets_reason(&[]), "TargetsMet");
         assert_eq!(
-            targets_reason(&["throughputRps 1 < 2".into(), "latencyP99Ms 3 > 2".into()]),
+            targets_reason(&[
+                miss(Target::Throughput),
+                miss(Target::Latency(Quantile::P99))
+            ]),
             "LatencyTargetMissed"
         );
         assert_eq!(
-            targets_reason(&["throughputRps 1 < 2".into(), "memoryMiB 9 > 8".into()]),
+            targets_reason(&[miss(Target::Throughput), miss(Target::Memory)]),
             "MemoryLimitExceeded"
         );
         assert_eq!(
-            targets_reason(&["throughputRps 1 < 2".into()]),
+            targets_reason(&[miss(Target::Throughput)]),
             "ThroughputTargetMissed"
         );
     }
@@ -258,7 +361,8 @@ mod tests {
         let mut writer = StatusWriter::new(None, Some(3));
         writer.loading();
         writer.tuning(30, 36);
-        writer.tuned(&candidate(&["latencyP99Ms 1.500 > 1"]), 9);
+        writer.tuned(&tuning(capacity(900.0, 1.5, Some(40.0))));
+        writer.judge(&targets(1.0));
         let endpoint = AgentEndpoint {
             address: "10.0.0.5".into(),
             port: 8001,
@@ -267,14 +371,17 @@ mod tests {
         writer.serving(true, Some(endpoint), "the tuned model");
         assert_eq!(condition(&writer, LOADED).status, "True");
         assert_eq!(condition(&writer, TUNED).reason, "Tuned");
+        let tuned = &condition(&writer, TUNED).message;
         assert!(
-            condition(&writer, TUNED)
-                .message
-                .contains("CUDA: not in this build")
+            tuned.contains("CUDA: not in this build") && tuned.contains("900 rps"),
+            "{tuned}"
         );
-        assert_eq!(
-            condition(&writer, TARGETS_MET).reason,
-            "LatencyTargetMissed"
+        let met = condition(&writer, TARGETS_MET);
+        assert_eq!(met.reason, "LatencyTargetMissed");
+        assert!(
+            met.message.contains("latency judged on capacity"),
+            "{}",
+            met.message
         );
         assert_eq!(condition(&writer, SERVING).status, "True");
         assert!(
@@ -286,8 +393,61 @@ mod tests {
         );
         assert_eq!(writer.status.observed_generation, Some(3));
         assert_eq!(
-            writer.status.measured.as_ref().unwrap().throughput_rps,
+            writer.status.capacity.as_ref().unwrap().throughput_rps,
             900.0
+        );
+    }
+
+    #[test]
+    fn latency_is_judged_on_served_traffic_once_the_window_holds_enough_requests() {
+        let mut writer = StatusWriter::new(None, Some(1));
+        writer.tuned(&tuning(capacity(5000.0, 0.5, Some(40.0))));
+        assert!(writer.served(served(999, 3.0), 0.1));
+        writer.judge(&targets(1.0));
+        assert_eq!(
+            condition(&writer, TARGETS_MET).status,
+            "True",
+            "999 requests: capacity"
+        );
+        assert!(writer.served(served(60_000, 3.0), 0.1));
+        writer.judge(&targets(1.0));
+        let met = condition(&writer, TARGETS_MET);
+        assert_eq!(
+            (met.status.as_str(), met.reason.as_str()),
+            ("False", "LatencyTargetMissed")
+        );
+        assert!(
+            met.message.contains("latency judged on served"),
+            "{}",
+            met.message
+        );
+        assert!(
+            met.message.contains("served p99 3.000 ms")
+                && met.message.contains("capacity 5000 rps"),
+            "both figures: {}",
+            met.message
+        );
+    }
+
+    #[test]
+    fn unmeasured_memory_is_not_judged_within_the_limit() {
+        let mut writer = StatusWriter::new(None, Some(1));
+        writer.tuned(&tuning(capacity(5000.0, 0.5, None)));
+        writer.judge(&targets(1.0));
+        let met = condition(&writer, TARGETS_MET);
+        assert_eq!(met.status, "Unknown");
+        assert!(met.message.contains("memory unmeasured"), "{}", met.message);
+    }
+
+    #[test]
+    fn served_figures_are_kept_until_they_move_by_more_than_the_fraction() {
+        let mut writer = StatusWriter::new(None, Some(1));
+        assert!(writer.served(served(6000, 1.0), 0.1));
+        assert!(!writer.served(served(6300, 1.04), 0.1));
+        assert_eq!(writer.status.served.as_ref().unwrap().requests, 6000);
+        assert!(
+            writer.served(served(0, 1.0), 0.1),
+            "going idle moves every figure"
         );
     }
 

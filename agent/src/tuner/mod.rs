@@ -1,34 +1,44 @@
 //! The tuner: measures engine configurations on this machine and chooses the one with the
 //! most throughput within the latency and memory targets.
 //!
-//! Three parts: [`search`] walks the search space (a hill-climb, or every point as the
-//! reference) and knows nothing of ONNX Runtime; [`score`] orders measured candidates;
-//! [`rank`] measures one configuration in-process.
+//! Two measurements, never mixed: [`rank`] measures a configuration in-process (a closed loop
+//! straight into the batcher: cheap, and used only to order candidates), and [`sweep`] measures
+//! the capacity of the best few through the serving path (open-loop gRPC over loopback). Every
+//! figure that reaches a status comes from the sweep. [`search`] walks the search space without
+//! knowing how a point is measured; [`score`] orders measured points.
 
 mod memory;
 mod rank;
 pub mod score;
 pub mod search;
+pub mod sweep;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use policyserve_crds::{EngineConfig, Measurement, SearchSpace, Targets};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use policyserve_crds::{
+    Capacity, EngineConfig, ExecutionProvider, Measurement, SearchSpace, Targets,
+};
 use serde::Serialize;
 
-pub use self::memory::peak_rss_mib;
+pub use self::memory::{heap_in_use_bytes, peak_rss_mib};
 pub use self::rank::{MeasureSettings, measure, percentile};
 use self::score::{Score, score};
-use crate::Result;
+use self::sweep::{StepRecord, SweepResult, SweepSettings};
 use crate::engine::{Engine, EngineOptions, ModelFiles};
+use crate::registry::{ModelRegistry, ServedModel};
+use crate::{Error, Result, load};
 
-/// One measured configuration.
+/// One configuration ranked in-process.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Candidate {
     /// The configuration in effect (after provider fallback).
     pub config: EngineConfig,
-    /// What it achieved.
-    pub measured: Measurement,
+    /// The in-process figures that ordered it (not what a client gets: no gRPC, no pacing).
+    pub ranked: Measurement,
     /// Targets it misses, with the figures (`"latencyP99Ms 1.300 > 1"`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failing: Vec<String>,
@@ -44,7 +54,7 @@ impl Candidate {
     }
 }
 
-/// The search result.
+/// The ranking's result.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TuneReport {
@@ -53,10 +63,295 @@ pub struct TuneReport {
     /// The best: most throughput among those meeting the latency and memory targets, or the
     /// one closest to meeting them.
     pub chosen: Candidate,
-    /// Whether the chosen configuration meets every target.
+    /// Whether the chosen configuration meets every target, in-process.
     pub targets_met: bool,
-    /// What the chosen configuration misses.
+    /// What the chosen configuration misses, in-process.
     pub failing: Vec<String>,
+}
+
+impl TuneReport {
+    /// The `n` best distinct configurations, best first.
+    fn best(&self, n: usize, targets: &Targets) -> Vec<&Candidate> {
+        let mut ranked: Vec<(&Candidate, Score)> = self
+            .candidates
+            .iter()
+            .map(|c| (c, score(targets, &c.ranked)))
+            .collect();
+        ranked.sort_by(|(_, a), (_, b)| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal));
+        let mut best: Vec<&Candidate> = Vec::new();
+        for (candidate, _) in ranked {
+            if best.len() < n && !best.iter().any(|b| b.config == candidate.config) {
+                best.push(candidate);
+            }
+        }
+        best
+    }
+}
+
+/// A configuration whose capacity was swept.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Swept {
+    /// The configuration in effect.
+    pub config: EngineConfig,
+    /// Its capacity at the targets.
+    pub capacity: Capacity,
+    /// Why requested providers or precisions were not in effect.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
+    /// The sweep's steps.
+    pub steps: Vec<StepRecord>,
+}
+
+/// What tuning found: the ranking, the sweeps, and the configuration chosen from them.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Tuning {
+    /// Every configuration ranked in-process, in order.
+    pub candidates: Vec<Candidate>,
+    /// The best-ranked few, swept over gRPC.
+    pub swept: Vec<Swept>,
+    /// The swept configuration with the most capacity at the targets.
+    pub chosen: Swept,
+    /// Whether its capacity meets every target.
+    pub targets_met: bool,
+    /// What its capacity misses (`"latencyP99Ms 1.300 > 1"`).
+    pub failing: Vec<String>,
+}
+
+/// Where sweeps send their load: a gRPC server on this machine serving from `registry`.
+#[derive(Clone, Copy, Debug)]
+pub struct Loopback<'a> {
+    /// The registry the server answers from; sweeps add their engines as probes.
+    pub registry: &'a ModelRegistry,
+    /// The server's address (its own address: the load generator runs beside it).
+    pub address: SocketAddr,
+}
+
+/// Share of the tuning budget spent ranking in-process; the rest sweeps.
+const RANKING_SHARE: f64 = 0.35;
+
+/// Ranks the search space in-process, sweeps the best one (two with a budget of 20 s or more)
+/// through `loopback`, and returns what it found with the chosen configuration's engine, loaded
+/// and warm, ready to serve.
+///
+/// # Errors
+/// When no configuration loads, or no sweep can run (the load generator cannot connect).
+pub fn tune(
+    model: &ModelFiles,
+    targets: &Targets,
+    space: &SearchSpace,
+    options: &EngineOptions,
+    budget: Duration,
+    loopback: Loopback<'_>,
+    progress: Progress<'_>,
+) -> Result<(Tuning, Engine)> {
+    let ranking = quick_search(
+        model,
+        targets,
+        space,
+        options,
+        budget.mul_f64(RANKING_SHARE),
+        progress,
+    )?;
+    sweep_best(
+        model,
+        targets,
+        options,
+        ranking,
+        budget.mul_f64(1.0 - RANKING_SHARE),
+        loopback,
+    )
+}
+
+/// Sweeps the best of `ranking` (two when `budget` is 13 s or more, one otherwise) and
+/// chooses the one with the most capacity.
+///
+/// # Errors
+/// When a sweep cannot run.
+pub fn sweep_best(
+    model: &ModelFiles,
+    targets: &Targets,
+    options: &EngineOptions,
+    ranking: TuneReport,
+    budget: Duration,
+    loopback: Loopback<'_>,
+) -> Result<(Tuning, Engine)> {
+    let count: u32 = if budget >= Duration::from_secs(13) {
+        2
+    } else {
+        1
+    };
+    let mut swept: Vec<(Swept, Engine)> = Vec::new();
+    for candidate in ranking.best(count as usize, targets) {
+        let settings = SweepSettings::for_budget(budget / count, candidate.ranked.throughput_rps);
+        swept.push(sweep_config(
+            model,
+            &candidate.config,
+            options,
+            targets,
+            loopback,
+            &settings,
+        )?);
+    }
+    // The most capacity; among equals (say every one 0), the better ranked.
+    let best = swept
+        .iter()
+        .enumerate()
+        .max_by(|(i, a), (j, b)| {
+            a.0.capacity
+                .throughput_rps
+                .total_cmp(&b.0.capacity.throughput_rps)
+                .then(j.cmp(i))
+        })
+        .map(|(i, _)| i)
+        .ok_or_else(|| Error::Config("nothing to sweep".into()))?;
+    let (chosen, engine) = swept.swap_remove(best);
+    let failing = failing(targets, &chosen.capacity);
+    let mut all: Vec<Swept> = swept.into_iter().map(|(s, _)| s).collect();
+    all.insert(0, chosen.clone());
+    Ok((
+        Tuning {
+            candidates: ranking.candidates,
+            swept: all,
+            targets_met: failing.is_empty(),
+            failing,
+            chosen,
+        },
+        engine,
+    ))
+}
+
+/// Loads `config`, sweeps it as a probe of `loopback`, and returns its figures and engine.
+fn sweep_config(
+    model: &ModelFiles,
+    config: &EngineConfig,
+    options: &EngineOptions,
+    targets: &Targets,
+    loopback: Loopback<'_>,
+    settings: &SweepSettings,
+) -> Result<(Swept, Engine)> {
+    let before = heap_in_use_bytes();
+    let engine = Engine::load(model, config, options)?;
+    engine.warm_up()?;
+    let (input, row_len) = {
+        let input = &engine.signature().input;
+        (input.name.clone(), input.row_len())
+    };
+    let probe = format!("{}#probe", model.name());
+    let fallbacks = engine.fallbacks().to_vec();
+    let effective = engine.config().clone();
+    loopback
+        .registry
+        .insert_probe(ServedModel::new(&probe, engine, 1));
+    let result = capacity_sweep(
+        loopback.address,
+        &probe,
+        &input,
+        row_len,
+        targets,
+        settings,
+        &|| false,
+    );
+    let after = heap_in_use_bytes();
+    let engine = take_probe(loopback.registry, &probe)?;
+    let result = result?;
+    let mut capacity = result.capacity.unwrap_or_default();
+    capacity.memory_mib = before
+        .zip(after)
+        .map(|(before, after)| after.saturating_sub(before) as f64 / (1024.0 * 1024.0))
+        .map(|mib| round(mib + gpu_memory_mib(&effective), 1));
+    capacity.measured_at = Some(Time(jiff::Timestamp::now()));
+    capacity.method = method(settings);
+    Ok((
+        Swept {
+            config: effective,
+            capacity,
+            fallbacks,
+            steps: result.steps,
+        },
+        engine,
+    ))
+}
+
+/// Runs a capacity sweep against `model` at `address` with probe requests; `stop` ends it
+/// early (a periodic probe stops at the first real request).
+///
+/// # Errors
+/// When the load generator cannot start or connect.
+pub fn capacity_sweep(
+    address: SocketAddr,
+    model: &str,
+    input: &str,
+    row_len: usize,
+    targets: &Targets,
+    settings: &SweepSettings,
+    stop: &dyn Fn() -> bool,
+) -> Result<SweepResult> {
+    let runtime = load::client_runtime()?;
+    let target = runtime.block_on(load::Target::connect(
+        address, 4, model, input, row_len, true,
+    ))?;
+    Ok(sweep::sweep(settings, targets, |rate| {
+        let plan = load::Plan {
+            rate,
+            duration: settings.step_at(rate),
+            max_in_flight: 4096,
+        };
+        let outcome = load::run(runtime.handle(), &target, &plan, stop);
+        (!outcome.stopped).then_some(outcome)
+    }))
+}
+
+/// How the capacity was measured, for `capacity.method`.
+pub fn method(settings: &SweepSettings) -> String {
+    format!(
+        "open loop over loopback gRPC through this agent's server, load generator on the node's \
+         own CPUs (it competes with the server, so the figure is conservative); up to {} rate \
+         steps of {:.2} s from {:.0} rps, the highest rate that held every latency target twice",
+        settings.steps,
+        settings.step.as_secs_f64(),
+        settings.start_rps
+    )
+}
+
+/// The engine of probe `name`, once the server has let go of it.
+fn take_probe(registry: &ModelRegistry, name: &str) -> Result<Engine> {
+    let mut probe = registry
+        .remove_probe(name)
+        .ok_or_else(|| Error::Config(format!("probe {name} vanished")))?;
+    // A request the server is still finishing holds a reference for a moment.
+    for _ in 0..200 {
+        match Arc::try_unwrap(probe) {
+            Ok(model) => return Ok(model.engine),
+            Err(shared) => probe = shared,
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err(Error::Config(format!("probe {name} is still in use")))
+}
+
+/// GPU memory this process holds when `config` runs on a GPU provider, else 0: no driver, or
+/// a CPU configuration, adds nothing.
+fn gpu_memory_mib(config: &EngineConfig) -> f64 {
+    if serves_on_gpu(config) {
+        crate::hardware::process_gpu_memory_mib().unwrap_or(0.0)
+    } else {
+        0.0
+    }
+}
+
+/// Whether CUDA or TensorRT is among the providers in effect.
+fn serves_on_gpu(config: &EngineConfig) -> bool {
+    config
+        .execution_providers
+        .iter()
+        .any(|p| matches!(p, ExecutionProvider::Cuda | ExecutionProvider::TensorRT))
+}
+
+fn round(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
 }
 
 /// What the caller sees as the search goes, for a progress display.
@@ -98,10 +393,10 @@ pub fn exhaustive(
     Ok(bench.report())
 }
 
-/// The targets `measured` misses, as `"<field> <measured> > <target>"`.
-pub fn failing(targets: &Targets, measured: &Measurement) -> Vec<String> {
+/// The targets `figures` miss, as `"<field> <figure> > <target>"`.
+pub fn failing(targets: &Targets, figures: &impl policyserve_crds::Figures) -> Vec<String> {
     targets
-        .misses(measured)
+        .misses(figures)
         .iter()
         .map(ToString::to_string)
         .collect()
@@ -141,7 +436,7 @@ impl<'a> Bench<'a> {
         let candidate = Candidate {
             config: engine.config().clone(),
             failing: failing(self.targets, &measured),
-            measured,
+            ranked: measured,
             fallbacks: engine.fallbacks().to_vec(),
         };
         drop(engine);
@@ -165,5 +460,28 @@ impl<'a> Bench<'a> {
             candidates,
             chosen,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_memory_counts_only_where_a_gpu_provider_is_in_effect() {
+        let on = |providers: Vec<ExecutionProvider>| EngineConfig {
+            execution_providers: providers,
+            ..EngineConfig::default()
+        };
+        assert!(!serves_on_gpu(&on(vec![ExecutionProvider::Cpu])));
+        assert!(serves_on_gpu(&on(vec![
+            ExecutionProvider::Cuda,
+            ExecutionProvider::Cpu
+        ])));
+        assert!(serves_on_gpu(&on(vec![
+            ExecutionProvider::TensorRT,
+            ExecutionProvider::Cpu
+        ])));
+        assert_eq!(gpu_memory_mib(&on(vec![ExecutionProvider::Cpu])), 0.0);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use policyserve_crds::{EngineConfig, ExecutionProvider, Measurement};
+use policyserve_crds::Measurement;
 
 use super::memory::peak_rss_mib;
 use crate::engine::Engine;
@@ -60,29 +60,14 @@ pub fn measure(engine: &Engine, settings: MeasureSettings) -> Result<Measurement
         latency_p95_ms: round(percentile(&latencies, 0.95), 4),
         latency_p99_ms: round(percentile(&latencies, 0.99), 4),
         throughput_rps: round(latencies.len() as f64 / elapsed.as_secs_f64(), 0),
-        memory_mib: round(peak_rss_mib().unwrap_or(0.0) + gpu_memory_mib(config), 1),
+        memory_mib: round(
+            peak_rss_mib().unwrap_or(0.0) + super::gpu_memory_mib(config),
+            1,
+        ),
         measured_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             jiff::Timestamp::now(),
         )),
     })
-}
-
-/// GPU memory this process holds when `config` runs on a GPU provider, else 0: Measurement's
-/// memory is the resident set plus GPU memory where a GPU serves. No driver counts 0.
-fn gpu_memory_mib(config: &EngineConfig) -> f64 {
-    if serves_on_gpu(config) {
-        crate::hardware::process_gpu_memory_mib().unwrap_or(0.0)
-    } else {
-        0.0
-    }
-}
-
-/// Whether CUDA or TensorRT is among the providers in effect.
-fn serves_on_gpu(config: &EngineConfig) -> bool {
-    config
-        .execution_providers
-        .iter()
-        .any(|p| matches!(p, ExecutionProvider::Cuda | ExecutionProvider::TensorRT))
 }
 
 fn round(value: f64, decimals: i32) -> f64 {
@@ -110,24 +95,5 @@ mod tests {
         assert_eq!(percentile(&sorted, 0.99), 99.0);
         assert_eq!(percentile(&sorted[..1], 0.99), 1.0);
         assert_eq!(percentile(&[], 0.5), 0.0);
-    }
-
-    #[test]
-    fn gpu_memory_counts_only_where_a_gpu_provider_is_in_effect() {
-        let on = |providers: Vec<ExecutionProvider>| EngineConfig {
-            execution_providers: providers,
-            ..EngineConfig::default()
-        };
-        assert!(!serves_on_gpu(&on(vec![ExecutionProvider::Cpu])));
-        assert!(serves_on_gpu(&on(vec![
-            ExecutionProvider::Cuda,
-            ExecutionProvider::Cpu
-        ])));
-        assert!(serves_on_gpu(&on(vec![
-            ExecutionProvider::TensorRT,
-            ExecutionProvider::Cpu
-        ])));
-        // A CPU configuration adds nothing, whatever the machine has.
-        assert_eq!(gpu_memory_mib(&on(vec![ExecutionProvider::Cpu])), 0.0);
     }
 }

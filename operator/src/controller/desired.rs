@@ -14,6 +14,7 @@ use policyserve_crds::{
     optimization_profile_name,
 };
 
+use super::liveness::Liveness;
 use super::node::NodeFacts;
 use super::scaling::{self, History, ScalingDecision, ScalingInput};
 use super::selector;
@@ -76,6 +77,7 @@ pub fn plan(
     ps: &PolicyService,
     nodes: &[NodeFacts],
     owned: &[Arc<OptimizationProfile>],
+    liveness: &Liveness,
     history: &mut History,
     settings: &Settings,
     now: Timestamp,
@@ -119,7 +121,7 @@ pub fn plan(
     // best hardware, then the name so that equal nodes are chosen the same way every time.
     candidates.sort_by_key(|(node, class)| {
         let stability = match by_node.get(node.name.as_str()) {
-            Some(p) if is_serving(p) => 0,
+            Some(p) if is_serving(p, liveness) => 0,
             Some(_) => 1,
             None => 2,
         };
@@ -128,9 +130,9 @@ pub fn plan(
 
     let measured_rps = owned
         .iter()
-        .filter(|p| is_serving(p))
-        .filter_map(|p| p.status.as_ref()?.measured.as_ref())
-        .map(|m| m.throughput_rps)
+        .filter(|p| is_serving(p, liveness))
+        .filter_map(|p| p.status.as_ref()?.capacity.as_ref())
+        .map(|c| c.throughput_rps)
         .collect();
     let as_u32 = |n: i32| u32::try_from(n).unwrap_or(0);
     let input = ScalingInput {
@@ -197,12 +199,18 @@ pub fn plan(
     })
 }
 
-/// Whether the agent reports the profile Serving.
-pub fn is_serving(profile: &OptimizationProfile) -> bool {
+/// Whether the agent reports the profile Serving (it may have died since: see
+/// [`is_serving`]).
+pub fn reports_serving(profile: &OptimizationProfile) -> bool {
     profile
         .status
         .as_ref()
         .is_some_and(|s| conditions::is_true(&s.conditions, SERVING))
+}
+
+/// Whether the profile's node serves it: its agent reports Serving and renews its Lease.
+pub fn is_serving(profile: &OptimizationProfile, liveness: &Liveness) -> bool {
+    reports_serving(profile) && liveness.is_live(&profile.spec.node_name)
 }
 
 /// The node's class when it can serve this PolicyService, else why not. A model's int8 or
@@ -310,10 +318,12 @@ mod tests {
 
     fn plan_for(ps: &PolicyService, nodes: &[NodeFacts], owned: &[OptimizationProfile]) -> Plan {
         let owned: Vec<Arc<OptimizationProfile>> = owned.iter().cloned().map(Arc::new).collect();
+        let live = Liveness::all(nodes.iter().map(|n| n.name.as_str()), Timestamp::UNIX_EPOCH);
         plan(
             ps,
             nodes,
             &owned,
+            &live,
             &mut History::default(),
             &settings(),
             Timestamp::UNIX_EPOCH,
@@ -616,7 +626,7 @@ mod tests {
             .build();
         let measured = ProfileBuilder::for_node(&ps, "big")
             .serving()
-            .measured(2000.0, 1.0, 100.0)
+            .capacity(2000.0, 1.0, 100.0)
             .build();
         let plan = plan_for(&ps, &[gpu(), big(), mid(), small()], &[measured]);
         assert_eq!(plan.scaling.desired, 3);

@@ -140,7 +140,9 @@ mod tests {
                 optimization_profile: format!("ps-{n}"),
                 compliant: None,
                 chosen: None,
-                measured: None,
+                capacity: None,
+                served: None,
+                reason: String::new(),
             })
             .collect();
         status.scaling = Some(ScalingStatus {

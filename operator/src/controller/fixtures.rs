@@ -7,10 +7,10 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use policyserve_crds::conditions::{self, LOADED, SERVING};
 use policyserve_crds::{
-    AgentEndpoint, ConfigMapModel, ExecutionProvider, HardwareClass, Measurement, ModelSource,
+    AgentEndpoint, Capacity, ConfigMapModel, ExecutionProvider, HardwareClass, ModelSource,
     ModelVariant, OptimizationProfile, OptimizationProfileSpec, OptimizationProfileStatus,
     PolicyService, PolicyServiceSpec, PolicyServiceStatus, Precision, Profile, ProfileSelection,
-    SearchSpace, Targets, TuningPins, UrlModel, optimization_profile_name,
+    SearchSpace, Served, Targets, TuningPins, UrlModel, optimization_profile_name,
 };
 
 use super::node::NodeFacts;
@@ -231,16 +231,39 @@ impl ProfileBuilder {
         self.condition(LOADED, "False", reason, message)
             .condition(SERVING, "False", reason, message)
     }
-    /// Measured figures: P50 = P99 / 2, P95 = 0.8 × P99.
-    pub fn measured(self, rps: f64, p99_ms: f64, memory_mib: f64) -> Self {
+    /// The capacity sweep's figures: P50 = P99 / 2, P95 = 0.8 × P99.
+    pub fn capacity(self, rps: f64, p99_ms: f64, memory_mib: f64) -> Self {
         self.status(|s| {
-            s.measured = Some(Measurement {
+            s.capacity = Some(Capacity {
+                throughput_rps: rps,
                 latency_p50_ms: p99_ms / 2.0,
                 latency_p95_ms: p99_ms * 0.8,
                 latency_p99_ms: p99_ms,
-                throughput_rps: rps,
-                memory_mib,
-                measured_at: None,
+                memory_mib: Some(memory_mib),
+                ..Capacity::default()
+            })
+        })
+    }
+    /// A capacity whose memory could not be read.
+    pub fn memory_unmeasured(self) -> Self {
+        self.status(|s| {
+            if let Some(capacity) = &mut s.capacity {
+                capacity.memory_mib = None;
+            }
+        })
+    }
+    /// Live traffic over a 60 s window: `requests` answered, P50 = P99 / 2.
+    pub fn served(self, requests: u64, p99_ms: f64) -> Self {
+        self.status(|s| {
+            s.served = Some(Served {
+                window_seconds: 60,
+                requests,
+                throughput_rps: requests as f64 / 60.0,
+                latency_p50_ms: Some(p99_ms / 2.0),
+                latency_p95_ms: Some(p99_ms * 0.8),
+                latency_p99_ms: Some(p99_ms),
+                demand_rps: requests as f64 / 60.0,
+                ..Served::default()
             })
         })
     }

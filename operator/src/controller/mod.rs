@@ -5,6 +5,7 @@ mod desired;
 mod events;
 #[cfg(test)]
 mod fixtures;
+mod liveness;
 mod node;
 mod observe;
 mod scaling;
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams};
@@ -30,7 +32,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use policyserve_crds::{
-    HARDWARE_CLASS_LABEL, OptimizationProfile, POLICY_SERVICE_LABEL, PolicyService,
+    HARDWARE_CLASS_LABEL, NODE_LABEL, OptimizationProfile, POLICY_SERVICE_LABEL, PolicyService,
     PolicyServiceStatus,
 };
 
@@ -62,6 +64,8 @@ pub struct ControllerConfig {
     pub concurrency: u16,
     /// This replica's name in Events (`reportingInstance`).
     pub instance: Option<String>,
+    /// Namespace of the agents' Leases (the agent DaemonSet's namespace).
+    pub agent_namespace: String,
 }
 
 impl Default for ControllerConfig {
@@ -74,6 +78,7 @@ impl Default for ControllerConfig {
             resync_interval: Duration::from_secs(300),
             concurrency: 16,
             instance: None,
+            agent_namespace: "default".into(),
         }
     }
 }
@@ -94,6 +99,7 @@ struct Context {
     config: ControllerConfig,
     nodes: Store<PartialNode>,
     profiles: Store<OptimizationProfile>,
+    leases: Store<Lease>,
     recorder: Recorder,
     metrics: Arc<Metrics>,
     /// Scaling recommendations per PolicyService, for the stabilization window. In memory,
@@ -203,6 +209,20 @@ pub async fn run_controller(
     .reflect(profile_writer)
     .touched_objects();
 
+    // Cached, not watched for reconciles: agents renew every 10 s, and a reconcile looks again
+    // when the first serving agent's Lease would run out.
+    let (lease_store, lease_writer) = reflector::store();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &config.agent_namespace);
+    let lease_events = watcher(leases, watcher::Config::default().labels(NODE_LABEL))
+        .default_backoff()
+        .reflect(lease_writer)
+        .for_each(|event| {
+            if let Err(error) = event {
+                tracing::warn!(%error, "agent Lease watch failed; retrying");
+            }
+            std::future::ready(())
+        });
+
     let (ps_store, ps_writer) = reflector::store();
     let ps_events = watcher(policy_services, watcher::Config::default())
         .default_backoff()
@@ -223,6 +243,7 @@ pub async fn run_controller(
         config,
         nodes: node_store,
         profiles: profile_store,
+        leases: lease_store,
         recorder,
         metrics,
         history: Mutex::default(),
@@ -232,6 +253,7 @@ pub async fn run_controller(
     });
 
     tracing::info!(namespace = ?namespace, %node_selector, "controller started");
+    let lease_task = tokio::spawn(lease_events);
     Controller::for_stream(ps_events, ps_store)
         .owns_stream(profile_events)
         .reconcile_all_on(node_changes)
@@ -245,6 +267,7 @@ pub async fn run_controller(
             std::future::ready(())
         })
         .await;
+    lease_task.abort();
     tracing::info!("controller stopped");
     Ok(())
 }
@@ -295,6 +318,10 @@ async fn apply(ps: &PolicyService, ctx: &Context) -> Result<Action> {
         .wait_until_ready()
         .await
         .map_err(|_| Error::CacheStopped("OptimizationProfile"))?;
+    ctx.leases
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::CacheStopped("Lease"))?;
     let now = Timestamp::now();
     let time = Time(now);
     let previous = ps.status.clone();
@@ -308,7 +335,7 @@ async fn apply(ps: &PolicyService, ctx: &Context) -> Result<Action> {
         });
     }
 
-    let observed = observe::observe(ps, &ctx.nodes, &ctx.profiles);
+    let observed = observe::observe(ps, &ctx.nodes, &ctx.profiles, &ctx.leases, now);
     let key = ObjectRef::from_obj(ps);
     let mut history = lock(&ctx.history).remove(&key).unwrap_or_else(|| {
         // After a restart or a leader change: hold the last decision for a full window.
@@ -328,6 +355,7 @@ async fn apply(ps: &PolicyService, ctx: &Context) -> Result<Action> {
         ps,
         &observed.nodes,
         &observed.owned,
+        &observed.liveness,
         &mut history,
         &settings,
         now,
@@ -346,18 +374,26 @@ async fn apply(ps: &PolicyService, ctx: &Context) -> Result<Action> {
             "OptimizationProfiles updated"
         );
     }
-    let status = status::planned(ps, &plan, &observed.owned, &time);
+    let status = status::planned(ps, &plan, &observed.owned, &observed.liveness, &time);
     publish(ps, previous.as_ref(), &status, ctx).await?;
     // After the status, so that a refused Service or endpoints write (retried with backoff)
     // does not hold back what the agents reported.
-    publish_endpoints(ps, &plan, &observed.owned, ctx).await?;
+    publish_endpoints(ps, &plan, &observed.owned, &observed.liveness, ctx).await?;
 
-    let resync = ctx.config.resync_interval;
-    Ok(match plan.scaling.recheck_after {
-        // A pending scale-down needs no event to happen: look again when the window ends.
-        Some(wait) => Action::requeue((wait + Duration::from_secs(1)).min(resync)),
-        None => Action::requeue(resync),
-    })
+    // No event says that an agent stopped, or that a scale-down window ended: look again
+    // then (a second late, so the Lease is past its timeout).
+    let planned = plan.assignments.iter().map(|a| a.node.as_str());
+    let wake = [
+        plan.scaling.recheck_after,
+        observed.liveness.next_expiry(planned),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .map_or(ctx.config.resync_interval, |wait| {
+        (wait + Duration::from_secs(1)).min(ctx.config.resync_interval)
+    });
+    Ok(Action::requeue(wake))
 }
 
 /// Applies the Service and the endpoints of the planned nodes whose agents serve, unless the
@@ -366,10 +402,11 @@ async fn publish_endpoints(
     ps: &PolicyService,
     plan: &desired::Plan,
     owned: &[Arc<OptimizationProfile>],
+    liveness: &liveness::Liveness,
     ctx: &Context,
 ) -> Result<()> {
     let planned: Vec<&str> = plan.assignments.iter().map(|a| a.node.as_str()).collect();
-    let backends = service::backends(owned.iter().map(AsRef::as_ref), &planned);
+    let backends = service::backends(owned.iter().map(AsRef::as_ref), &planned, liveness);
     let published = service::published(ps, &backends, ctx.endpoints_api)?;
     let key = ObjectRef::from_obj(ps);
     let fresh = lock(&ctx.published)

@@ -1,10 +1,12 @@
-//! Observe: the Nodes and the owned OptimizationProfiles, read from the watch caches (no API
+//! Observe: the Nodes, the owned OptimizationProfiles and the agents' Leases, read from the watch caches (no API
 //! calls per reconcile, so a thousand PolicyServices cost the apiserver nothing extra), and the
 //! filter that turns Node watch events into "re-plan everything" only when labels change.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
@@ -12,6 +14,7 @@ use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use policyserve_crds::{OptimizationProfile, POLICY_SERVICE_LABEL, PolicyService};
 
+use super::liveness::Liveness;
 use super::node::NodeFacts;
 
 /// What one reconcile sees.
@@ -21,13 +24,17 @@ pub struct Observed {
     pub nodes: Vec<NodeFacts>,
     /// The PolicyService's OptimizationProfiles, with the agents' status.
     pub owned: Vec<Arc<OptimizationProfile>>,
+    /// Which nodes' agents renew their Leases.
+    pub liveness: Liveness,
 }
 
-/// Reads the caches for one PolicyService.
+/// Reads the caches for one PolicyService, as of `now`.
 pub fn observe(
     ps: &PolicyService,
     nodes: &Store<PartialObjectMeta<Node>>,
     profiles: &Store<OptimizationProfile>,
+    leases: &Store<Lease>,
+    now: Timestamp,
 ) -> Observed {
     let mut nodes: Vec<NodeFacts> = nodes
         .state()
@@ -41,7 +48,11 @@ pub fn observe(
         p.namespace() == namespace && p.labels().get(POLICY_SERVICE_LABEL) == Some(&name)
     });
     owned.sort_by(|a, b| a.spec.node_name.cmp(&b.spec.node_name));
-    Observed { nodes, owned }
+    Observed {
+        nodes,
+        owned,
+        liveness: Liveness::from_leases(&leases.state(), now),
+    }
 }
 
 /// Remembers each node's labels so that a Node event re-plans only when labels changed, a

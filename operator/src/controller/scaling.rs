@@ -1,8 +1,9 @@
 //! The scaling decision: how many nodes serve a PolicyService. Pure, so every case is a table
 //! row in the tests below.
 //!
-//! Until an agent has measured throughput the count stays where it is (minReplicas at first).
-//! Once measured: `ceil(targetRps × (1 + headroom) ÷ measured rps per node)`, clamped to
+//! Until an agent has measured capacity the count stays where it is (minReplicas at first); a
+//! measured capacity of 0 (no rate held the latency targets) plans maxReplicas.
+//! Once measured: `ceil(targetRps × (1 + headroom) ÷ capacity rps per node)`, clamped to
 //! [minReplicas, maxReplicas] and then to the eligible nodes. Scale-up is immediate; scale-down
 //! waits until the lower count has been recommended for the whole stabilization window (the
 //! HorizontalPodAutoscaler's rule: the highest recommendation within the window wins).
@@ -23,7 +24,7 @@ pub struct ScalingInput {
     pub headroom_percent: u32,
     /// `spec.targets.throughputRps`, summed over nodes.
     pub target_rps: Option<f64>,
-    /// Measured throughput of each serving node that has measured.
+    /// Capacity at the targets of each serving node that has measured it.
     pub measured_rps: Vec<f64>,
     /// The previous decision, before eligibility clamping, if any.
     pub current: Option<u32>,
@@ -72,25 +73,36 @@ fn recommend(input: &ScalingInput) -> (u32, String) {
         .measured_rps
         .iter()
         .copied()
-        .filter(|rps| rps.is_finite() && *rps > 0.0)
+        .filter(|rps| rps.is_finite() && *rps >= 0.0)
         .collect();
     if measured.is_empty() {
         return match input.current {
             Some(current) => (
                 current.clamp(min, max),
                 format!(
-                    "keeping {} until agents measure throughput",
+                    "keeping {} until agents measure capacity",
                     current.clamp(min, max)
                 ),
             ),
             None => (
                 min,
-                format!("starting at minReplicas {min} until agents measure throughput"),
+                format!("starting at minReplicas {min} until agents measure capacity"),
             ),
         };
     }
     let per_node = measured.iter().sum::<f64>() / measured.len() as f64;
     let needed = target * (1.0 + f64::from(input.headroom_percent) / 100.0);
+    if per_node == 0.0 {
+        // Measured, and no rate held the latency targets: no count of such nodes reaches the
+        // target, so plan the most allowed while the status says why.
+        return (
+            max,
+            format!(
+                "{target:.0} rps target, but the nodes' capacity at the latency targets is 0 \
+                 rps: maxReplicas {max}"
+            ),
+        );
+    }
     let raw = (needed / per_node).ceil().max(1.0);
     let replicas = if raw >= f64::from(max) {
         max
@@ -98,7 +110,7 @@ fn recommend(input: &ScalingInput) -> (u32, String) {
         (raw as u32).max(min)
     };
     let mut reason = format!(
-        "{target:.0} rps target + {}% headroom = {needed:.0} rps ÷ {per_node:.0} rps measured per node = {raw:.0}",
+        "{target:.0} rps target + {}% headroom = {needed:.0} rps ÷ {per_node:.0} rps capacity per node = {raw:.0}",
         input.headroom_percent
     );
     if raw > f64::from(max) {
@@ -176,7 +188,7 @@ fn unreachable(input: &ScalingInput) -> Option<String> {
         .measured_rps
         .iter()
         .copied()
-        .filter(|rps| rps.is_finite() && *rps > 0.0)
+        .filter(|rps| rps.is_finite() && *rps >= 0.0)
         .collect();
     if measured.is_empty() {
         return None;
@@ -191,7 +203,7 @@ fn unreachable(input: &ScalingInput) -> Option<String> {
             format!("all {} eligible nodes", input.eligible)
         };
         format!(
-            "even {limit} × {per_node:.0} rps measured per node = {capacity:.0} rps < target {target:.0} rps"
+            "even {limit} × {per_node:.0} rps capacity per node = {capacity:.0} rps < target {target:.0} rps"
         )
     })
 }
@@ -231,7 +243,7 @@ mod tests {
             (Some(50000.0), &[1000.0], 1, 10, 100, 10), // capped at maxReplicas
             (Some(50000.0), &[1000.0], 1, 10, 4, 4), // clamped to eligible nodes
             (Some(5000.0), &[2000.0], 1, 10, 0, 0),  // nothing eligible
-            (Some(5000.0), &[0.0], 2, 10, 10, 2),    // a zero measurement is no measurement
+            (Some(5000.0), &[0.0], 2, 10, 10, 10),   // capacity 0 at the targets: maxReplicas
         ];
         for (i, (target, measured, min, max, eligible, expected)) in table.iter().enumerate() {
             let input = ScalingInput {
@@ -260,7 +272,7 @@ mod tests {
         );
         assert_eq!(
             decision.reason,
-            "5000 rps target + 20% headroom = 6000 rps ÷ 2000 rps measured per node = 3"
+            "5000 rps target + 20% headroom = 6000 rps ÷ 2000 rps capacity per node = 3"
         );
     }
 
@@ -344,7 +356,7 @@ mod tests {
         );
         assert_eq!(
             decision.unreachable.as_deref(),
-            Some("even maxReplicas 3 × 1000 rps measured per node = 3000 rps < target 10000 rps")
+            Some("even maxReplicas 3 × 1000 rps capacity per node = 3000 rps < target 10000 rps")
         );
         let few_nodes = ScalingInput {
             eligible: 2,

@@ -23,6 +23,7 @@ use policyserve_crds::{AGENT_GRPC_PORT, OptimizationProfile, POLICY_SERVICE_LABE
 
 use super::apply::FIELD_MANAGER;
 use super::desired::is_serving;
+use super::liveness::Liveness;
 use crate::{Error, Result};
 
 /// `app.kubernetes.io/managed-by` on the Service and its endpoints.
@@ -119,7 +120,8 @@ fn is_dns1035_label(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
-/// The serving agents among the planned nodes' profiles: Serving=True and an endpoint whose
+/// The serving agents among the planned nodes' profiles: Serving=True, a live agent (its Lease
+/// renewed), and an endpoint whose
 /// address is an IP the API accepts in endpoints. A host name, a loopback, unspecified,
 /// link-local or multicast address is skipped (the apiserver refuses the whole object for one
 /// such address, which would hide every other agent). Sorted and free of duplicates, so the
@@ -127,11 +129,12 @@ fn is_dns1035_label(name: &str) -> bool {
 pub fn backends<'a>(
     profiles: impl IntoIterator<Item = &'a OptimizationProfile>,
     planned_nodes: &[&str],
+    liveness: &Liveness,
 ) -> Vec<Backend> {
     let mut backends: Vec<Backend> = profiles
         .into_iter()
         .filter(|p| planned_nodes.contains(&p.spec.node_name.as_str()))
-        .filter(|p| is_serving(p))
+        .filter(|p| is_serving(p, liveness))
         .filter_map(|p| {
             let endpoint = p.status.as_ref()?.endpoint.as_ref()?;
             let ip = endpoint.address.trim().parse::<IpAddr>().ok()?;
@@ -371,7 +374,14 @@ mod tests {
             serving_at(&ps, "f", "10.0.0.8", 8001),
             serving_at(&ps, "g", "10.0.0.9", 0),
         ];
-        let found = backends(&profiles, &["a", "b", "c", "d", "e", "g", "h", "i", "j"]);
+        let found = backends(
+            &profiles,
+            &["a", "b", "c", "d", "e", "g", "h", "i", "j"],
+            &Liveness::all(
+                ["a", "b", "c", "d", "e", "g", "h", "i", "j"],
+                jiff::Timestamp::UNIX_EPOCH,
+            ),
+        );
         let found: Vec<(String, &str)> = found
             .iter()
             .map(|b| (b.ip.to_string(), b.node.as_str()))
@@ -415,7 +425,11 @@ mod tests {
             serving_at(&ps, "c", "fd00::7", 8001),
             serving_at(&ps, "d", "10.0.0.7", 9001),
         ];
-        let found = backends(&profiles, &["a", "b", "c", "d"]);
+        let found = backends(
+            &profiles,
+            &["a", "b", "c", "d"],
+            &Liveness::all(["a", "b", "c", "d"], jiff::Timestamp::UNIX_EPOCH),
+        );
         let slices = endpoint_slices(&ps, &found).unwrap();
         let summary: Vec<(String, &str, i32, Vec<String>)> = slices
             .iter()
@@ -456,7 +470,11 @@ mod tests {
     #[test]
     fn a_slice_names_its_service_its_manager_and_each_endpoints_node() {
         let ps = lander();
-        let found = backends(&[serving_at(&ps, "node-a", "10.0.0.5", 8001)], &["node-a"]);
+        let found = backends(
+            &[serving_at(&ps, "node-a", "10.0.0.5", 8001)],
+            &["node-a"],
+            &Liveness::all(["node-a"], jiff::Timestamp::UNIX_EPOCH),
+        );
         let slice = &endpoint_slices(&ps, &found).unwrap()[0];
         let labels = slice.metadata.labels.clone().unwrap();
         assert_eq!(labels[SERVICE_NAME_LABEL], "lander");
@@ -506,7 +524,11 @@ mod tests {
             serving_at(&ps, "b", "fd00::7", 8001),
             serving_at(&ps, "c", "10.0.0.7", 9001),
         ];
-        let found = backends(&profiles, &["a", "b", "c"]);
+        let found = backends(
+            &profiles,
+            &["a", "b", "c"],
+            &Liveness::all(["a", "b", "c"], jiff::Timestamp::UNIX_EPOCH),
+        );
         let endpoints = endpoints(&ps, &found).unwrap();
         assert_eq!(endpoints.metadata.name.as_deref(), Some("lander"));
         type Addresses = Vec<(String, Option<String>)>;

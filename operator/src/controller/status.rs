@@ -12,11 +12,13 @@ use policyserve_crds::conditions::{
     PROFILES_ASSIGNED, READY, THROUGHPUT_TARGET_MET, status as cs,
 };
 use policyserve_crds::{
-    AGENT_GRPC_PORT, Figures, Measurement, NodeStatus, OptimizationProfile, PolicyService,
-    PolicyServiceStatus, Quantile, ScalingStatus, ServiceEndpoint, Target, Targets, model_name,
+    AGENT_GRPC_PORT, Capacity, Compliance, FigureSource, Figures, NodeStatus, OptimizationProfile,
+    PolicyService, PolicyServiceStatus, Quantile, ScalingStatus, Served, ServiceEndpoint, Target,
+    Targets, describe, latency_basis, model_name,
 };
 
-use super::desired::{Plan, is_serving};
+use super::desired::{Assignment, Plan, reports_serving};
+use super::liveness::Liveness;
 use super::service::service_name;
 use super::validate::Invalid;
 
@@ -45,8 +47,12 @@ fn verdict(status: &'static str, reason: &'static str, message: impl Into<String
 #[derive(Clone, Debug)]
 struct Planned<'a> {
     node: &'a str,
+    /// The agent reports Serving and renews its Lease.
     serving: bool,
-    measured: Option<&'a Measurement>,
+    /// The agent reports Serving but its Lease is stale: how old, seconds.
+    lost: Option<i64>,
+    capacity: Option<&'a Capacity>,
+    served: Option<&'a Served>,
     /// (reason, message) of a Loaded=False condition.
     load_failure: Option<(&'a str, &'a str)>,
     /// The agent's own MemoryLimitExceeded report, if any.
@@ -56,7 +62,24 @@ struct Planned<'a> {
 impl Planned<'_> {
     /// Whether this node will never measure until something changes.
     fn failed(&self) -> bool {
-        self.load_failure.is_some()
+        self.load_failure.is_some() || self.lost.is_some()
+    }
+
+    /// The figures latency is judged on, with where they came from.
+    fn basis(&self) -> Option<(FigureSource, &dyn Figures)> {
+        latency_basis(self.capacity, self.served)
+    }
+
+    /// `node-a (judged on served; served p99 …; capacity …)`.
+    fn describe(&self) -> String {
+        let source = self
+            .basis()
+            .map_or("nothing yet", |(source, _)| source.as_str());
+        format!(
+            "{} (judged on {source}; {})",
+            self.node,
+            describe(self.capacity, self.served)
+        )
     }
 }
 
@@ -90,11 +113,12 @@ pub fn invalid(ps: &PolicyService, invalid: &Invalid, now: &Time) -> PolicyServi
 }
 
 /// The status after a successful apply of `plan`, given the owned profiles (with the agents'
-/// status) that the operator observed.
+/// status) and which agents are alive.
 pub fn planned(
     ps: &PolicyService,
     plan: &Plan,
     owned: &[Arc<OptimizationProfile>],
+    liveness: &Liveness,
     now: &Time,
 ) -> PolicyServiceStatus {
     let previous = ps.status.clone().unwrap_or_default();
@@ -106,11 +130,16 @@ pub fn planned(
     let planned: Vec<Planned> = plan
         .assignments
         .iter()
-        .map(|a| planned_node(&a.node, by_node.get(a.node.as_str()).copied()))
+        .map(|a| planned_node(&a.node, by_node.get(a.node.as_str()).copied(), liveness))
         .collect();
     let targets = &ps.spec.targets;
     let desired = plan.scaling.desired;
     let limit_mib = targets.memory_limit_mib().ok().flatten();
+    let previous_nodes: HashMap<&str, &NodeStatus> = previous
+        .nodes
+        .iter()
+        .map(|n| (n.node.as_str(), n))
+        .collect();
 
     let nodes = plan
         .assignments
@@ -118,14 +147,17 @@ pub fn planned(
         .zip(&planned)
         .map(|(a, p)| {
             let status = by_node.get(a.node.as_str()).and_then(|o| o.status.as_ref());
+            let before = previous_nodes.get(a.node.as_str());
             NodeStatus {
                 node: a.node.clone(),
                 hardware_class: a.class,
                 profile: a.profile,
                 optimization_profile: a.object.name_any(),
-                compliant: p.measured.map(|m| node_compliant(m, targets, desired)),
+                compliant: p.capacity.and_then(|_| node_compliant(p, targets, desired)),
                 chosen: status.and_then(|s| s.chosen.clone()),
-                measured: p.measured.cloned(),
+                capacity: p.capacity.cloned(),
+                served: steady(before.and_then(|b| b.served.as_ref()), p.served.cloned()),
+                reason: node_reason(a, p),
             }
         })
         .collect();
@@ -175,7 +207,9 @@ pub fn planned(
             reason: plan.scaling.reason.clone(),
             last_decision_time,
         }),
-        measured: aggregate(&planned),
+        capacity: aggregate_capacity(&planned),
+        served: steady(previous.served.as_ref(), aggregate_served(&planned)),
+        compliance: compliance(&planned),
         nodes,
         endpoint: Some(ServiceEndpoint {
             service: service_name(&ps.name_any()),
@@ -185,7 +219,24 @@ pub fn planned(
     }
 }
 
-fn planned_node<'a>(node: &'a str, profile: Option<&'a OptimizationProfile>) -> Planned<'a> {
+/// Served figures change a little with every window: they are rewritten only when one moved
+/// by more than 10%, the agents' own rule, so a thousand PolicyServices do not become a write
+/// storm.
+fn steady(previous: Option<&Served>, new: Option<Served>) -> Option<Served> {
+    match (previous, new) {
+        (Some(previous), Some(new)) if !new.moved_from(previous, MOVED) => Some(previous.clone()),
+        (_, new) => new,
+    }
+}
+
+/// The relative change that makes served figures worth rewriting.
+const MOVED: f64 = 0.10;
+
+fn planned_node<'a>(
+    node: &'a str,
+    profile: Option<&'a OptimizationProfile>,
+    liveness: &Liveness,
+) -> Planned<'a> {
     let status = profile.and_then(|p| p.status.as_ref());
     let conditions = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let load_failure = conditions::find(conditions, LOADED)
@@ -195,33 +246,56 @@ fn planned_node<'a>(node: &'a str, profile: Option<&'a OptimizationProfile>) -> 
         .iter()
         .find(|c| c.status == cs::FALSE && c.reason == reasons::MEMORY_LIMIT_EXCEEDED)
         .map(|c| c.message.as_str());
+    let reports_serving = profile.is_some_and(reports_serving);
+    let live = liveness.is_live(node);
     Planned {
         node,
-        serving: profile.is_some_and(is_serving),
-        measured: status.and_then(|s| s.measured.as_ref()),
+        serving: reports_serving && live,
+        lost: (reports_serving && !live).then(|| liveness.age_seconds(node).unwrap_or(-1)),
+        capacity: status.and_then(|s| s.capacity.as_ref()),
+        served: status.and_then(|s| s.served.as_ref()),
         load_failure,
         memory_report,
     }
 }
 
-/// Whether one node's figures meet the per-node targets (its share of the throughput).
-fn node_compliant(m: &Measurement, targets: &Targets, desired: u32) -> bool {
+/// Whether one node's figures meet the targets (latency on its basis, its share of the
+/// throughput and memory on capacity); `None` while memory is unmeasured under a limit.
+fn node_compliant(p: &Planned, targets: &Targets, desired: u32) -> Option<bool> {
+    let capacity = p.capacity?;
     let per_node = Targets {
         throughput_rps: targets
             .throughput_rps
             .map(|rps| rps / f64::from(desired.max(1))),
         ..targets.clone()
     };
-    per_node.misses(m).is_empty()
+    let latency_ok = p
+        .basis()
+        .is_none_or(|(_, basis)| per_node.latency_misses(basis).is_empty());
+    let rest_ok = per_node
+        .misses(capacity)
+        .iter()
+        .all(|m| matches!(m.target, Target::Latency(_)));
+    if !(latency_ok && rest_ok) {
+        return Some(false);
+    }
+    (!per_node.unmeasured(capacity).contains(&Target::Memory)).then_some(true)
 }
 
-fn latency_misses(m: &Measurement, targets: &Targets) -> Vec<String> {
-    targets
-        .misses(m)
-        .into_iter()
-        .filter(|miss| matches!(miss.target, Target::Latency(_)))
-        .map(|miss| miss.to_string())
-        .collect()
+/// One line on a node: how it stands, with its figures.
+fn node_reason(assignment: &Assignment, p: &Planned) -> String {
+    let chosen = format!("{} node, profile {}", assignment.class, assignment.profile);
+    if let Some(age) = p.lost {
+        return format!("{chosen}; agent Lease {age} s old: not serving");
+    }
+    if let Some((reason, message)) = p.load_failure {
+        return format!("{chosen}; {reason}: {message}");
+    }
+    match (p.serving, p.capacity) {
+        (true, Some(_)) => format!("{chosen}; serving: {}", describe(p.capacity, p.served)),
+        (true, None) => format!("{chosen}; serving, capacity not yet measured"),
+        (false, _) => format!("{chosen}; loading and tuning"),
+    }
 }
 
 /// "a, b, c and 4 more".
@@ -241,18 +315,33 @@ fn list(items: &[String]) -> String {
 /// Planned nodes still expected to measure; `None` when all that can have measured.
 fn waiting(planned: &[Planned]) -> Option<String> {
     let expected = planned.iter().filter(|p| !p.failed()).count();
-    let measured = planned.iter().filter(|p| p.measured.is_some()).count();
+    let measured = planned
+        .iter()
+        .filter(|p| !p.failed() && p.capacity.is_some())
+        .count();
     (expected == 0 || measured < expected)
         .then(|| format!("{measured} of {} planned nodes measured", planned.len()))
 }
 
+/// The nodes whose figures count: serving, with a live agent.
+fn counted<'p, 'a>(planned: &'p [Planned<'a>]) -> impl Iterator<Item = &'p Planned<'a>> {
+    planned.iter().filter(|p| p.serving)
+}
+
 fn latency(targets: &Targets, planned: &[Planned]) -> Verdict {
     let limits: Vec<(Quantile, f64)> = targets.latency_limits().collect();
-    let misses: Vec<String> = planned
-        .iter()
+    if limits.is_empty() {
+        return verdict(cs::TRUE, reasons::NO_TARGET, "no latency target set");
+    }
+    let misses: Vec<String> = counted(planned)
         .filter_map(|p| {
-            let misses = latency_misses(p.measured?, targets);
-            (!misses.is_empty()).then(|| format!("{}: {}", p.node, misses.join(", ")))
+            let (_, basis) = p.basis()?;
+            let misses: Vec<String> = targets
+                .latency_misses(basis)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            (!misses.is_empty()).then(|| format!("{}: {}", p.describe(), misses.join(", ")))
         })
         .collect();
     if !misses.is_empty() {
@@ -264,29 +353,36 @@ fn latency(targets: &Targets, planned: &[Planned]) -> Verdict {
     let met: Vec<String> = limits
         .iter()
         .map(|(quantile, limit)| {
-            let value = planned
-                .iter()
-                .filter_map(|p| p.measured?.latency_ms(*quantile))
+            let value = counted(planned)
+                .filter_map(|p| p.basis()?.1.latency_ms(*quantile))
                 .fold(0.0, f64::max);
-            format!("worst {quantile} {value:.2} ≤ {limit:.2}")
+            format!("worst {quantile} {value:.3} ≤ {limit}")
         })
         .collect();
-    verdict(cs::TRUE, reasons::TARGETS_MET, met.join(", "))
+    let nodes: Vec<String> = counted(planned).map(Planned::describe).collect();
+    verdict(
+        cs::TRUE,
+        reasons::TARGETS_MET,
+        format!("{}; {}", met.join(", "), list(&nodes)),
+    )
 }
 
 fn throughput(targets: &Targets, planned: &[Planned], plan: &Plan) -> Verdict {
     let Some(target) = targets.throughput_rps else {
         return verdict(cs::TRUE, reasons::NO_TARGET, "no throughput target set");
     };
-    let serving: Vec<&Measurement> = planned
-        .iter()
-        .filter(|p| p.serving)
-        .filter_map(|p| p.measured)
+    let capacities: Vec<f64> = counted(planned)
+        .filter_map(|p| p.capacity.map(|c| c.throughput_rps))
         .collect();
-    let total: f64 = serving.iter().map(|m| m.throughput_rps).sum();
+    let total: f64 = capacities.iter().sum::<f64>() + 0.0;
+    let demand: f64 = counted(planned)
+        .filter_map(|p| p.served.map(|s| s.demand_rps))
+        .sum::<f64>()
+        + 0.0;
     let summary = format!(
-        "measured {total:.0} rps on {} serving nodes, target {target:.0} rps",
-        serving.len()
+        "capacity {total:.0} rps summed over {} serving nodes, target {target:.0} rps (demand \
+         {demand:.0} rps)",
+        capacities.len()
     );
     if total >= target {
         return verdict(cs::TRUE, reasons::TARGETS_MET, summary);
@@ -320,14 +416,16 @@ fn memory(limit_mib: Option<f64>, planned: &[Planned]) -> Verdict {
     };
     let over: Vec<String> = planned
         .iter()
-        .filter_map(|p| match (p.memory_report, p.measured) {
-            (Some(report), _) => Some(format!("{}: {report}", p.node)),
-            (None, Some(m)) if m.memory_mib > limit => Some(format!(
-                "{}: {:.0} MiB > {limit:.0} MiB",
-                p.node, m.memory_mib
-            )),
-            _ => None,
-        })
+        .filter(|p| p.lost.is_none())
+        .filter_map(
+            |p| match (p.memory_report, p.capacity.and_then(|c| c.memory_mib)) {
+                (Some(report), _) => Some(format!("{}: {report}", p.node)),
+                (None, Some(mib)) if mib > limit => {
+                    Some(format!("{}: {mib:.1} MiB > {limit:.1} MiB", p.node))
+                }
+                _ => None,
+            },
+        )
         .collect();
     if !over.is_empty() {
         return verdict(cs::FALSE, reasons::MEMORY_LIMIT_EXCEEDED, list(&over));
@@ -335,14 +433,27 @@ fn memory(limit_mib: Option<f64>, planned: &[Planned]) -> Verdict {
     if let Some(waiting) = waiting(planned) {
         return verdict(cs::UNKNOWN, reasons::MEASURING, waiting);
     }
-    let worst = planned
-        .iter()
-        .filter_map(|p| p.measured.map(|m| m.memory_mib))
+    let unmeasured: Vec<String> = counted(planned)
+        .filter(|p| p.capacity.is_some_and(|c| c.memory_mib.is_none()))
+        .map(|p| p.node.to_owned())
+        .collect();
+    if !unmeasured.is_empty() {
+        return verdict(
+            cs::UNKNOWN,
+            reasons::MEASURING,
+            format!(
+                "memory unmeasured on {}: memoryLimit cannot be judged",
+                list(&unmeasured)
+            ),
+        );
+    }
+    let worst = counted(planned)
+        .filter_map(|p| p.capacity?.memory_mib)
         .fold(0.0, f64::max);
     verdict(
         cs::TRUE,
         reasons::TARGETS_MET,
-        format!("worst {worst:.0} MiB ≤ {limit:.0} MiB"),
+        format!("worst {worst:.1} MiB ≤ {limit:.1} MiB"),
     )
 }
 
@@ -374,6 +485,17 @@ fn ready(ps: &PolicyService, plan: &Plan, planned: &[Planned], serving: usize) -
     );
     if serving >= min {
         return verdict(cs::TRUE, reasons::SERVING, summary);
+    }
+    let lost: Vec<String> = planned
+        .iter()
+        .filter_map(|p| Some(format!("{}: agent Lease {} s old", p.node, p.lost?)))
+        .collect();
+    if !lost.is_empty() {
+        return verdict(
+            cs::FALSE,
+            reasons::AGENT_LOST,
+            format!("{summary}; not serving: {}", list(&lost)),
+        );
     }
     let failures: Vec<String> = planned
         .iter()
@@ -463,28 +585,85 @@ fn no_eligible_nodes(plan: &Plan) -> Vec<(&'static str, Verdict)> {
     ]
 }
 
-/// Throughput summed over serving nodes; the worst node for latencies and memory.
-fn aggregate(planned: &[Planned]) -> Option<Measurement> {
-    let serving: Vec<&Measurement> = planned
+/// The serving nodes' capacity: throughput summed, latency and memory of the worst node
+/// (memory unmeasured when any serving node's is).
+fn aggregate_capacity(planned: &[Planned]) -> Option<Capacity> {
+    let capacities: Vec<&Capacity> = counted(planned).filter_map(|p| p.capacity).collect();
+    let first = capacities.first()?;
+    let worst = |pick: fn(&Capacity) -> f64| capacities.iter().map(|c| pick(c)).fold(0.0, f64::max);
+    let memory = capacities
         .iter()
-        .filter(|p| p.serving)
-        .filter_map(|p| p.measured)
-        .collect();
-    if serving.is_empty() {
+        .map(|c| c.memory_mib)
+        .collect::<Option<Vec<f64>>>()
+        .map(|all| all.into_iter().fold(0.0, f64::max));
+    Some(Capacity {
+        throughput_rps: capacities.iter().map(|c| c.throughput_rps).sum::<f64>() + 0.0,
+        latency_p50_ms: worst(|c| c.latency_p50_ms),
+        latency_p95_ms: worst(|c| c.latency_p95_ms),
+        latency_p99_ms: worst(|c| c.latency_p99_ms),
+        memory_mib: memory,
+        measured_at: capacities
+            .iter()
+            .filter_map(|c| c.measured_at.clone())
+            .max_by_key(|t| t.0),
+        method: format!(
+            "throughput summed over {} serving nodes, latency and memory of the worst; each \
+             node's: {}",
+            capacities.len(),
+            first.method
+        ),
+    })
+}
+
+/// The serving nodes' traffic: counts and rates summed (throughput, and demand: what clients
+/// asked for), latency of the worst node whose window holds enough requests to judge on.
+fn aggregate_served(planned: &[Planned]) -> Option<Served> {
+    let windows: Vec<&Served> = counted(planned).filter_map(|p| p.served).collect();
+    if windows.is_empty() {
         return None;
     }
-    let worst = |pick: fn(&Measurement) -> f64| serving.iter().map(|m| pick(m)).fold(0.0, f64::max);
-    Some(Measurement {
-        latency_p50_ms: worst(|m| m.latency_p50_ms),
-        latency_p95_ms: worst(|m| m.latency_p95_ms),
-        latency_p99_ms: worst(|m| m.latency_p99_ms),
-        throughput_rps: serving.iter().map(|m| m.throughput_rps).sum(),
-        memory_mib: worst(|m| m.memory_mib),
-        measured_at: serving
+    let judged: Vec<&&Served> = windows.iter().filter(|s| s.judgeable()).collect();
+    let worst = |pick: fn(&Served) -> Option<f64>| {
+        judged
             .iter()
-            .filter_map(|m| m.measured_at.clone())
+            .filter_map(|s| pick(s))
+            .fold(None, |w: Option<f64>, v| Some(w.map_or(v, |w| w.max(v))))
+    };
+    let mut errors = std::collections::BTreeMap::new();
+    for window in &windows {
+        for (code, n) in &window.errors {
+            *errors.entry(code.clone()).or_insert(0) += n;
+        }
+    }
+    Some(Served {
+        window_seconds: windows.iter().map(|s| s.window_seconds).max().unwrap_or(0),
+        requests: windows.iter().map(|s| s.requests).sum(),
+        throughput_rps: windows.iter().map(|s| s.throughput_rps).sum::<f64>() + 0.0,
+        latency_p50_ms: worst(|s| s.latency_p50_ms),
+        latency_p95_ms: worst(|s| s.latency_p95_ms),
+        latency_p99_ms: worst(|s| s.latency_p99_ms),
+        errors,
+        rejected: windows.iter().map(|s| s.rejected).sum(),
+        demand_rps: windows.iter().map(|s| s.demand_rps).sum::<f64>() + 0.0,
+        updated_at: windows
+            .iter()
+            .filter_map(|s| s.updated_at.clone())
             .max_by_key(|t| t.0),
     })
+}
+
+/// The P99 compliance is judged on: the worst serving node's, from its own basis.
+fn compliance(planned: &[Planned]) -> Option<Compliance> {
+    counted(planned)
+        .filter_map(|p| {
+            let (source, basis) = p.basis()?;
+            Some((source, basis.latency_ms(Quantile::P99)?))
+        })
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(source, p99)| Compliance {
+            source,
+            latency_p99_ms: Some(p99),
+        })
 }
 
 #[cfg(test)]
@@ -496,6 +675,7 @@ mod tests {
     use super::*;
     use crate::controller::desired::{Settings, plan};
     use crate::controller::fixtures::{NodeBuilder, PolicyServiceBuilder, ProfileBuilder};
+    use crate::controller::liveness::Liveness;
     use crate::controller::node::NodeFacts;
     use crate::controller::scaling::History;
 
@@ -520,6 +700,16 @@ mod tests {
         nodes: &[NodeFacts],
         profiles: Vec<OptimizationProfile>,
     ) -> PolicyServiceStatus {
+        let live = Liveness::all(nodes.iter().map(|n| n.name.as_str()), now().0);
+        status_with(ps, nodes, profiles, &live)
+    }
+
+    fn status_with(
+        ps: &PolicyService,
+        nodes: &[NodeFacts],
+        profiles: Vec<OptimizationProfile>,
+        live: &Liveness,
+    ) -> PolicyServiceStatus {
         let owned: Vec<Arc<OptimizationProfile>> = profiles.into_iter().map(Arc::new).collect();
         let settings = Settings {
             tuning_budget_seconds: 30,
@@ -529,12 +719,20 @@ mod tests {
             ps,
             nodes,
             &owned,
+            live,
             &mut History::default(),
             &settings,
             now().0,
         )
         .unwrap();
-        planned(ps, &plan, &owned, &now())
+        planned(ps, &plan, &owned, live, &now())
+    }
+
+    fn message(status: &PolicyServiceStatus, type_: &str) -> String {
+        conditions::find(&status.conditions, type_)
+            .unwrap()
+            .message
+            .clone()
     }
 
     fn condition(status: &PolicyServiceStatus, type_: &str) -> (String, String) {
@@ -573,7 +771,7 @@ mod tests {
                 is("Unknown", "Measuring"),
             ),
             (
-                vec![node().serving().measured(2000.0, 1.0, 100.0).build()],
+                vec![node().serving().capacity(2000.0, 1.0, 100.0).build()],
                 is("True", "Serving"),
                 is("True", "TargetsMet"),
                 is("True", "TargetsMet"),
@@ -581,7 +779,7 @@ mod tests {
                 is("True", "TargetsMet"),
             ),
             (
-                vec![node().serving().measured(2000.0, 9.0, 100.0).build()],
+                vec![node().serving().capacity(2000.0, 9.0, 100.0).build()],
                 is("True", "Serving"),
                 is("False", "LatencyTargetMissed"),
                 is("False", "LatencyTargetMissed"),
@@ -589,7 +787,7 @@ mod tests {
                 is("True", "TargetsMet"),
             ),
             (
-                vec![node().serving().measured(2000.0, 1.0, 2048.0).build()],
+                vec![node().serving().capacity(2000.0, 1.0, 2048.0).build()],
                 is("True", "Serving"),
                 is("False", "MemoryLimitExceeded"),
                 is("True", "TargetsMet"),
@@ -642,11 +840,11 @@ mod tests {
         let profiles = vec![
             ProfileBuilder::for_node(&ps, "node-0")
                 .serving()
-                .measured(1000.0, 1.0, 10.0)
+                .capacity(1000.0, 1.0, 10.0)
                 .build(),
             ProfileBuilder::for_node(&ps, "node-1")
                 .serving()
-                .measured(1000.0, 1.0, 10.0)
+                .capacity(1000.0, 1.0, 10.0)
                 .build(),
         ];
         let status = status_of(&ps, &nodes(3), profiles);
@@ -657,7 +855,7 @@ mod tests {
         );
         assert!(
             c.message.contains(
-                "even maxReplicas 2 × 1000 rps measured per node = 2000 rps < target 10000 rps"
+                "even maxReplicas 2 × 1000 rps capacity per node = 2000 rps < target 10000 rps"
             ),
             "{}",
             c.message
@@ -720,18 +918,18 @@ mod tests {
         let profiles = vec![
             ProfileBuilder::for_node(&ps, "node-0")
                 .serving()
-                .measured(2000.0, 2.0, 100.0)
+                .capacity(2000.0, 2.0, 100.0)
                 .build(),
             ProfileBuilder::for_node(&ps, "node-1")
                 .serving()
-                .measured(1000.0, 4.0, 300.0)
+                .capacity(1000.0, 4.0, 300.0)
                 .build(),
         ];
         let status = status_of(&ps, &nodes(2), profiles);
-        let measured = status.measured.clone().unwrap();
-        assert_eq!(measured.throughput_rps, 3000.0);
-        assert_eq!(measured.latency_p99_ms, 4.0);
-        assert_eq!(measured.memory_mib, 300.0);
+        let capacity = status.capacity.clone().unwrap();
+        assert_eq!(capacity.throughput_rps, 3000.0);
+        assert_eq!(capacity.latency_p99_ms, 4.0);
+        assert_eq!(capacity.memory_mib, Some(300.0));
         assert_eq!(status.nodes.len(), 2);
         assert_eq!(status.nodes[0].optimization_profile, "lander-node-0");
         assert_eq!(status.nodes[0].compliant, Some(true));
@@ -772,5 +970,110 @@ mod tests {
             .status(first.clone())
             .build();
         assert_eq!(status_of(&again, &nodes(1), vec![]), first);
+    }
+
+    #[test]
+    fn latency_is_judged_on_served_traffic_with_enough_requests_and_on_capacity_without() {
+        let ps = PolicyServiceBuilder::new("ps").latency_p99(2.0).build();
+        let node = || {
+            ProfileBuilder::for_node(&ps, "node-0")
+                .serving()
+                .capacity(5000.0, 1.0, 50.0)
+        };
+        // A busy node whose served tail is over the target, though its sweep was fine.
+        let busy = status_of(&ps, &nodes(1), vec![node().served(60_000, 3.0).build()]);
+        assert_eq!(
+            condition(&busy, LATENCY_TARGET_MET),
+            is("False", "LatencyTargetMissed")
+        );
+        let said = message(&busy, LATENCY_TARGET_MET);
+        assert!(said.contains("judged on served"), "{said}");
+        assert!(
+            said.contains("served p99 3.000 ms over 60000 requests")
+                && said.contains("capacity 5000 rps at p99 1.000 ms"),
+            "both figures: {said}"
+        );
+        let compliance = busy.compliance.unwrap();
+        assert_eq!(compliance.source, FigureSource::Served);
+        assert_eq!(compliance.latency_p99_ms, Some(3.0));
+        // Too few requests to judge on: capacity decides, and the message says so.
+        let quiet = status_of(&ps, &nodes(1), vec![node().served(10, 3.0).build()]);
+        assert_eq!(
+            condition(&quiet, LATENCY_TARGET_MET),
+            is("True", "TargetsMet")
+        );
+        assert!(message(&quiet, LATENCY_TARGET_MET).contains("judged on capacity"));
+        assert_eq!(quiet.compliance.unwrap().source, FigureSource::Capacity);
+    }
+
+    #[test]
+    fn a_node_whose_agent_lease_is_stale_leaves_the_sums_and_is_not_serving() {
+        let ps = PolicyServiceBuilder::new("ps")
+            .throughput(3000.0)
+            .replicas(2, 2)
+            .build();
+        let profiles = vec![
+            ProfileBuilder::for_node(&ps, "node-0")
+                .serving()
+                .capacity(2000.0, 1.0, 50.0)
+                .build(),
+            ProfileBuilder::for_node(&ps, "node-1")
+                .serving()
+                .capacity(2000.0, 1.0, 50.0)
+                .build(),
+        ];
+        let live = Liveness::all(["node-0"], now().0);
+        let status = status_with(&ps, &nodes(2), profiles, &live);
+        assert_eq!(status.capacity.as_ref().unwrap().throughput_rps, 2000.0);
+        assert_eq!(status.scaling.as_ref().unwrap().serving_replicas, 1);
+        assert_eq!(condition(&status, READY), is("False", "AgentLost"));
+        assert!(message(&status, READY).contains("node-1: agent Lease"));
+        assert_eq!(
+            condition(&status, THROUGHPUT_TARGET_MET),
+            is("False", "ThroughputTargetMissed")
+        );
+        assert!(
+            status.nodes[1].reason.contains("not serving"),
+            "{}",
+            status.nodes[1].reason
+        );
+    }
+
+    #[test]
+    fn unmeasured_memory_is_not_judged_within_the_limit() {
+        let ps = PolicyServiceBuilder::new("ps").memory_limit("1Gi").build();
+        let profile = ProfileBuilder::for_node(&ps, "node-0")
+            .serving()
+            .capacity(2000.0, 1.0, 50.0)
+            .memory_unmeasured()
+            .build();
+        let status = status_of(&ps, &nodes(1), vec![profile]);
+        assert_eq!(
+            condition(&status, MEMORY_WITHIN_LIMIT),
+            is("Unknown", "Measuring")
+        );
+        assert!(message(&status, MEMORY_WITHIN_LIMIT).contains("memory unmeasured on node-0"));
+        assert_eq!(status.capacity.unwrap().memory_mib, None);
+        assert_eq!(status.nodes[0].compliant, None);
+    }
+
+    #[test]
+    fn served_figures_are_rewritten_only_when_they_move_by_more_than_ten_percent() {
+        let ps = PolicyServiceBuilder::new("ps").build();
+        let node = |requests| {
+            ProfileBuilder::for_node(&ps, "node-0")
+                .serving()
+                .capacity(5000.0, 1.0, 50.0)
+                .served(requests, 1.0)
+                .build()
+        };
+        let first = status_of(&ps, &nodes(1), vec![node(6000)]);
+        let again = PolicyServiceBuilder::new("ps")
+            .status(first.clone())
+            .build();
+        let close = status_of(&again, &nodes(1), vec![node(6300)]);
+        assert_eq!(close.served, first.served, "5% is not worth a write");
+        let far = status_of(&again, &nodes(1), vec![node(9000)]);
+        assert_eq!(far.served.unwrap().requests, 9000);
     }
 }
