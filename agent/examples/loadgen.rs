@@ -23,10 +23,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use policyserve_agent::load;
 use policyserve_agent::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use policyserve_agent::grpc::proto::model_infer_request::InferInputTensor;
 use policyserve_agent::grpc::proto::{ModelInferRequest, ModelReadyRequest};
+use policyserve_agent::load;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
@@ -279,8 +279,8 @@ async fn open_loop(o: &Options, rate: f64) -> Result<Step> {
         .trim_start_matches("http://")
         .parse()
         .with_context(|| format!("--target {} is not http://IP:PORT", o.target))?;
-    let target = load::Target::connect(address, o.connections, &o.model, &o.input, o.row_len, false)
-        .await?;
+    let target =
+        load::Target::connect(address, o.connections, &o.model, &o.input, o.row_len, false).await?;
     let handle = tokio::runtime::Handle::current();
     let (warm_up, duration, max_in_flight) = (o.warm_up, o.duration, o.max_in_flight);
     let outcome = tokio::task::spawn_blocking(move || {
