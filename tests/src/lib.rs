@@ -29,6 +29,7 @@ use kube::{Client, Config};
 
 pub mod local;
 pub mod specs;
+pub mod world;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {

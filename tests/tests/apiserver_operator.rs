@@ -4,193 +4,18 @@
 //! own `policyserve.io/test-run` label, so tests run in parallel on one apiserver. Nodes are
 //! plain API objects (no kubelet); agents are played by patching OptimizationProfile status.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
-use policyserve_crds::conditions::{self, PROFILES_ASSIGNED, READY, THROUGHPUT_TARGET_MET};
-use policyserve_crds::{OptimizationProfile, PolicyService};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use policyserve_crds::conditions::{PROFILES_ASSIGNED, READY, THROUGHPUT_TARGET_MET};
 use policyserve_operator::FINALIZER;
 use policyserve_operator::leader::{Leadership, LeaseSettings};
-use policyserve_tests::{
-    ControllerScope, RUN_LABEL, agent_heartbeat, client, controller_scope, eventually,
-    test_namespace, unique_name,
-};
-use serde_json::{Value, json};
-use tokio::sync::oneshot;
-
-const TIMEOUT: Duration = Duration::from_secs(15);
-
-/// One test's world: a namespace, a Node label, and a controller watching only those.
-struct World {
-    client: Client,
-    namespace: String,
-    run: String,
-    _stop: oneshot::Sender<()>,
-}
-
-impl World {
-    async fn start(prefix: &str) -> Result<Self> {
-        let ControllerScope {
-            client,
-            namespace,
-            run,
-            stop,
-        } = controller_scope(prefix, |_| {}).await?;
-        Ok(Self {
-            client,
-            namespace,
-            run,
-            _stop: stop,
-        })
-    }
-
-    fn policy_services(&self) -> Api<PolicyService> {
-        Api::namespaced(self.client.clone(), &self.namespace)
-    }
-
-    fn profiles(&self) -> Api<OptimizationProfile> {
-        Api::namespaced(self.client.clone(), &self.namespace)
-    }
-
-    fn nodes(&self) -> Api<Node> {
-        Api::all(self.client.clone())
-    }
-
-    /// Creates a Node labelled as an agent would; returns its (unique) name.
-    async fn node(&self, prefix: &str, class: &str, hw: &[(&str, &str)]) -> Result<String> {
-        let name = unique_name(prefix);
-        let mut labels: BTreeMap<String, String> = hw
-            .iter()
-            .map(|(k, v)| (format!("hw.policyserve.io/{k}"), (*v).to_owned()))
-            .collect();
-        labels.insert("policyserve.io/hardware-class".into(), class.into());
-        labels.insert(RUN_LABEL.into(), self.run.clone());
-        let node: Node = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": labels}
-        }))?;
-        self.nodes().create(&PostParams::default(), &node).await?;
-        Ok(name)
-    }
-
-    async fn create(&self, ps: Value) -> Result<()> {
-        let ps: PolicyService = serde_json::from_value(ps)?;
-        self.policy_services()
-            .create(&PostParams::default(), &ps)
-            .await?;
-        Ok(())
-    }
-
-    /// Waits until the PolicyService's condition has `status` and `reason`, and returns it.
-    async fn condition(
-        &self,
-        ps: &str,
-        type_: &str,
-        status: &str,
-        reason: &str,
-    ) -> Result<Condition> {
-        let api = self.policy_services();
-        let what = format!("{ps} {type_}={status} ({reason})");
-        let last = Arc::new(std::sync::Mutex::new(None::<Condition>));
-        let found = eventually(&what, TIMEOUT, || {
-            let api = api.clone();
-            let last = last.clone();
-            async move {
-                let current = api.get(ps).await?;
-                let condition = current
-                    .status
-                    .and_then(|s| conditions::find(&s.conditions, type_).cloned());
-                if let Ok(mut seen) = last.lock() {
-                    seen.clone_from(&condition);
-                }
-                Ok(condition.filter(|c| c.status == status && c.reason == reason))
-            }
-        })
-        .await;
-        found.with_context(|| format!("last seen: {:?}", last.lock().ok().and_then(|c| c.clone())))
-    }
-
-    /// Waits until the PolicyService has profiles on exactly `nodes`.
-    async fn profiles_on(&self, ps: &str, nodes: &[&str]) -> Result<Vec<OptimizationProfile>> {
-        let api = self.profiles();
-        let mut wanted: Vec<String> = nodes.iter().map(|n| (*n).to_owned()).collect();
-        wanted.sort();
-        let selector = format!("policyserve.io/policy-service={ps}");
-        eventually(&format!("profiles of {ps} on {wanted:?}"), TIMEOUT, || {
-            let api = api.clone();
-            let (selector, wanted) = (selector.clone(), wanted.clone());
-            async move {
-                let list = api.list(&ListParams::default().labels(&selector)).await?;
-                let mut on: Vec<String> = list
-                    .items
-                    .iter()
-                    .map(|p| p.spec.node_name.clone())
-                    .collect();
-                on.sort();
-                Ok((on == wanted).then_some(list.items))
-            }
-        })
-        .await
-    }
-
-    /// Writes a profile's status as the node's agent would, and renews that agent's Lease.
-    async fn agent_reports(&self, profile: &str, status: Value) -> Result<()> {
-        let node = self.profiles().get(profile).await?.spec.node_name;
-        agent_heartbeat(&self.client, &self.namespace, &node).await?;
-        self.profiles()
-            .patch_status(
-                profile,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": status })),
-            )
-            .await?;
-        Ok(())
-    }
-}
-
-fn condition(type_: &str, status: &str, reason: &str, message: &str) -> Value {
-    json!({
-        "type": type_, "status": status, "reason": reason, "message": message,
-        "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1
-    })
-}
-
-/// An agent's status: serving, with these figures.
-fn serving(rps: f64, p99_ms: f64, memory_mib: f64) -> Value {
-    json!({
-        "observedGeneration": 1,
-        "conditions": [
-            condition("Loaded", "True", "Loaded", "model loaded"),
-            condition("Tuned", "True", "Tuned", "best of 12 candidates"),
-            condition("Serving", "True", "Serving", "serving on 10.0.0.5:8001"),
-        ],
-        "chosen": {"executionProviders": ["CPU"], "precision": "fp32", "intraOpThreads": 1, "maxBatchSize": 8},
-        "capacity": {
-            "latencyP50Ms": p99_ms / 2.0, "latencyP95Ms": p99_ms * 0.8, "latencyP99Ms": p99_ms,
-            "throughputRps": rps, "memoryMiB": memory_mib, "method": "written by the test"
-        },
-        "endpoint": {"address": "10.0.0.5", "port": 8001, "modelName": "x"}
-    })
-}
-
-fn policy_service(name: &str, targets: Value, placement: Value) -> Value {
-    json!({
-        "apiVersion": "policyserve.io/v1alpha1",
-        "kind": "PolicyService",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"configMap": {"name": "model", "key": "model.onnx"}},
-            "targets": targets,
-            "placement": placement,
-        }
-    })
-}
+use policyserve_tests::world::{TIMEOUT, World, condition, policy_service, serving};
+use policyserve_tests::{client, eventually, test_namespace};
+use serde_json::json;
 
 #[tokio::test]
 async fn a_policy_service_gets_a_profile_on_the_best_node_and_reports_measuring() -> Result<()> {
@@ -386,9 +211,9 @@ async fn a_target_that_max_replicas_cannot_reach_is_reported_with_the_numbers() 
         )
         .await?;
     assert!(
-        missed.message.contains(
-            "even maxReplicas 1 × 1000 rps capacity per node = 1000 rps < target 10000 rps"
-        ),
+        missed
+            .message
+            .contains("even maxReplicas 1 add up to 1000 rps capacity < target 10000 rps"),
         "{}",
         missed.message
     );

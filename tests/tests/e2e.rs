@@ -42,10 +42,14 @@ async fn a_policy_service_is_tuned_served_and_reported_compliant_with_its_capaci
         capacity.latency_p99_ms > 0.0 && capacity.latency_p99_ms < 50.0,
         "{capacity:?}"
     );
-    assert!(
-        capacity.throughput_rps > 0.0 && capacity.memory_mib.is_some(),
-        "{capacity:?}"
-    );
+    // How much the sweep finds depends on this machine's load; where the figure comes from
+    // and that it is the node's own do not.
+    let node = status.nodes[0]
+        .capacity
+        .clone()
+        .context("the node's capacity")?;
+    assert_eq!(capacity.throughput_rps, node.throughput_rps, "{capacity:?}");
+    assert!(capacity.memory_mib.is_some(), "{capacity:?}");
     assert!(
         capacity.method.contains("loopback gRPC"),
         "{}",

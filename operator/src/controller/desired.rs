@@ -2,7 +2,6 @@
 //! decision), which nodes those are, and the OptimizationProfile for each.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -16,6 +15,8 @@ use policyserve_crds::{
 
 use super::liveness::Liveness;
 use super::node::NodeFacts;
+use super::observe::Observed;
+use super::placement;
 use super::scaling::{self, History, ScalingDecision, ScalingInput};
 use super::selector;
 use crate::{Error, Result};
@@ -47,6 +48,8 @@ pub struct Assignment {
     pub class: HardwareClass,
     /// The profile chosen for it.
     pub profile: Profile,
+    /// Why this node and this profile, with figures.
+    pub why: String,
     /// The OptimizationProfile to apply.
     pub object: OptimizationProfile,
 }
@@ -75,13 +78,17 @@ pub struct Plan {
 /// [`Error::MissingField`] when the PolicyService lacks a name, namespace or uid.
 pub fn plan(
     ps: &PolicyService,
-    nodes: &[NodeFacts],
-    owned: &[Arc<OptimizationProfile>],
-    liveness: &Liveness,
+    observed: &Observed,
     history: &mut History,
     settings: &Settings,
     now: Timestamp,
 ) -> Result<Plan> {
+    let Observed {
+        nodes,
+        owned,
+        liveness,
+        measured,
+    } = observed;
     let name = ps
         .metadata
         .name
@@ -117,47 +124,39 @@ pub fn plan(
             }),
         }
     }
-    // Stability first (nodes already serving, then nodes already holding a profile), then the
-    // best hardware, then the name so that equal nodes are chosen the same way every time.
-    candidates.sort_by_key(|(node, class)| {
-        let stability = match by_node.get(node.name.as_str()) {
-            Some(p) if is_serving(p, liveness) => 0,
-            Some(_) => 1,
-            None => 2,
-        };
-        (stability, class_rank(*class), node.name.clone())
-    });
-
-    let measured_rps = owned
+    let ranked = placement::rank(candidates, &by_node, liveness, measured);
+    let demand_rps = owned
         .iter()
         .filter(|p| is_serving(p, liveness))
-        .filter_map(|p| p.status.as_ref()?.capacity.as_ref())
-        .map(|c| c.throughput_rps)
-        .collect();
+        .filter_map(|p| p.status.as_ref()?.served.as_ref())
+        .map(|s| s.demand_rps)
+        .reduce(|a, b| a + b);
     let as_u32 = |n: i32| u32::try_from(n).unwrap_or(0);
     let input = ScalingInput {
         min_replicas: as_u32(spec.placement.min_replicas).max(1),
         max_replicas: as_u32(spec.placement.max_replicas).max(1),
         headroom_percent: as_u32(spec.placement.headroom_percent),
         target_rps: spec.targets.throughput_rps,
-        measured_rps,
+        demand_rps,
+        candidates: ranked.iter().map(|r| r.candidate.clone()).collect(),
         current: ps
             .status
             .as_ref()
             .and_then(|s| s.scaling.as_ref())
             .map(|s| as_u32(s.desired_replicas))
             .filter(|n| *n > 0),
-        eligible: u32::try_from(candidates.len()).unwrap_or(u32::MAX),
     };
     let scaling = scaling::decide(&input, history, now, settings.stabilization_window);
 
     let targets = per_node_targets(&spec.targets, scaling.desired);
     let variants: Vec<Precision> = spec.model.variants.iter().map(|v| v.precision).collect();
-    let assignments = candidates
+    let assignments = ranked
         .iter()
         .take(scaling.desired as usize)
-        .map(|(node, class)| {
+        .map(|ranked| {
+            let (node, class) = (ranked.node, &ranked.class);
             let profile = spec.profile.resolve(*class, &spec.targets);
+            let why = format!("{}; {}", ranked.why, profile_reason(spec, profile));
             let mut capacity = node.capacity.clone();
             capacity.variants = variants.clone();
             let search_space = narrow(profile.search_space(&capacity), spec.tuning.as_ref());
@@ -184,6 +183,7 @@ pub fn plan(
                 node: node.name.clone(),
                 class: *class,
                 profile,
+                why,
                 object,
             }
         })
@@ -191,7 +191,7 @@ pub fn plan(
 
     Ok(Plan {
         considered: nodes.len(),
-        eligible: candidates.len(),
+        eligible: ranked.len(),
         unselected,
         excluded,
         scaling,
@@ -263,13 +263,16 @@ fn eligibility(ps: &PolicyService, node: &NodeFacts) -> Result<HardwareClass, St
     Ok(class)
 }
 
-/// Preference among classes for serving: faster hardware first.
-fn class_rank(class: HardwareClass) -> u8 {
-    match class {
-        HardwareClass::GpuAccelerated => 0,
-        HardwareClass::HighPerformanceCpu => 1,
-        HardwareClass::Balanced => 2,
-        HardwareClass::MemoryConstrained => 3,
+/// Why a node gets `profile`.
+fn profile_reason(spec: &policyserve_crds::PolicyServiceSpec, profile: Profile) -> String {
+    if spec.profile.pinned().is_some() {
+        return format!("profile {profile}: pinned by spec.profile");
+    }
+    match spec.targets.memory_limit_mib() {
+        Ok(Some(mib)) if profile == Profile::MemoryConstrained && mib < 1024.0 => {
+            format!("profile {profile}: memoryLimit {mib:.0} MiB is under 1 GiB")
+        }
+        _ => format!("profile {profile}: the node's hardware class"),
     }
 }
 
@@ -317,13 +320,17 @@ mod tests {
     }
 
     fn plan_for(ps: &PolicyService, nodes: &[NodeFacts], owned: &[OptimizationProfile]) -> Plan {
-        let owned: Vec<Arc<OptimizationProfile>> = owned.iter().cloned().map(Arc::new).collect();
-        let live = Liveness::all(nodes.iter().map(|n| n.name.as_str()), Timestamp::UNIX_EPOCH);
+        let owned: Vec<std::sync::Arc<OptimizationProfile>> =
+            owned.iter().cloned().map(std::sync::Arc::new).collect();
+        let observed = Observed {
+            nodes: nodes.to_vec(),
+            liveness: Liveness::all(nodes.iter().map(|n| n.name.as_str()), Timestamp::UNIX_EPOCH),
+            measured: crate::controller::placement::model_capacities(ps, &owned),
+            owned,
+        };
         plan(
             ps,
-            nodes,
-            &owned,
-            &live,
+            &observed,
             &mut History::default(),
             &settings(),
             Timestamp::UNIX_EPOCH,
@@ -619,7 +626,7 @@ mod tests {
     }
 
     #[test]
-    fn measured_throughput_of_serving_profiles_drives_the_replica_count() {
+    fn measured_capacity_of_serving_profiles_drives_the_replica_count() {
         let ps = PolicyServiceBuilder::new("ps")
             .throughput(5000.0)
             .replicas(1, 10)
@@ -628,9 +635,30 @@ mod tests {
             .serving()
             .capacity(2000.0, 1.0, 100.0)
             .build();
-        let plan = plan_for(&ps, &[gpu(), big(), mid(), small()], &[measured]);
-        assert_eq!(plan.scaling.desired, 3);
+        // Only "big" has measured, and no other node shares its class: the others count 0
+        // (estimated), so 6000 rps needs every node allowed.
+        let plan = plan_for(&ps, &[gpu(), big(), mid(), small()], std::slice::from_ref(&measured));
+        assert_eq!(plan.scaling.desired, 4, "{}", plan.scaling.reason);
+        assert!(plan.scaling.reason.contains("(estimated: unmeasured)"));
         let nodes: Vec<&str> = plan.assignments.iter().map(|a| a.node.as_str()).collect();
-        assert_eq!(nodes, ["big", "gpu", "mid"]);
+        assert_eq!(nodes, ["big", "gpu", "mid", "small"]);
+        // A second node of big's class counts as big's capacity: 2000 + 2000 + 2000 = 6000.
+        let twin = NodeBuilder::new("twin")
+            .class("high-performance-cpu")
+            .cpus(32)
+            .memory_mib(65536)
+            .build();
+        let plan = plan_for(&ps, &[twin, big(), small()], &[measured]);
+        let nodes: Vec<&str> = plan.assignments.iter().map(|a| a.node.as_str()).collect();
+        assert_eq!(plan.scaling.desired, 3, "{}", plan.scaling.reason);
+        assert_eq!(nodes, ["big", "twin", "small"]);
+        assert!(
+            plan.scaling
+                .reason
+                .contains("twin 2000 (estimated: lowest measured high-performance-cpu)"),
+            "{}",
+            plan.scaling.reason
+        );
+        assert!(plan.assignments[0].why.starts_with("already serving"));
     }
 }

@@ -8,6 +8,7 @@ mod fixtures;
 mod liveness;
 mod node;
 mod observe;
+mod placement;
 mod scaling;
 mod selector;
 mod service;
@@ -351,15 +352,7 @@ async fn apply(ps: &PolicyService, ctx: &Context) -> Result<Action> {
         tuning_budget_seconds: ctx.config.tuning_budget_seconds,
         stabilization_window: ctx.config.scale_down_stabilization,
     };
-    let plan = desired::plan(
-        ps,
-        &observed.nodes,
-        &observed.owned,
-        &observed.liveness,
-        &mut history,
-        &settings,
-        now,
-    );
+    let plan = desired::plan(ps, &observed, &mut history, &settings, now);
     lock(&ctx.history).insert(key.clone(), history);
     let plan = plan?;
 

@@ -16,6 +16,7 @@ use policyserve_crds::{OptimizationProfile, POLICY_SERVICE_LABEL, PolicyService}
 
 use super::liveness::Liveness;
 use super::node::NodeFacts;
+use super::placement::{ModelCapacities, model_capacities};
 
 /// What one reconcile sees.
 #[derive(Clone, Debug)]
@@ -26,6 +27,8 @@ pub struct Observed {
     pub owned: Vec<Arc<OptimizationProfile>>,
     /// Which nodes' agents renew their Leases.
     pub liveness: Liveness,
+    /// This model's capacity on each node where any PolicyService measured it.
+    pub measured: ModelCapacities,
 }
 
 /// Reads the caches for one PolicyService, as of `now`.
@@ -49,6 +52,7 @@ pub fn observe(
     });
     owned.sort_by(|a, b| a.spec.node_name.cmp(&b.spec.node_name));
     Observed {
+        measured: model_capacities(ps, &profiles.state()),
         nodes,
         owned,
         liveness: Liveness::from_leases(&leases.state(), now),

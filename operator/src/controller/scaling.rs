@@ -1,17 +1,67 @@
-//! The scaling decision: how many nodes serve a PolicyService. Pure, so every case is a table
-//! row in the tests below.
+//! The scaling decision: how many nodes serve a PolicyService, from the capacity each adds.
+//! Pure, so every case is a table row in the tests below.
 //!
-//! Until an agent has measured capacity the count stays where it is (minReplicas at first); a
-//! measured capacity of 0 (no rate held the latency targets) plans maxReplicas.
-//! Once measured: `ceil(targetRps × (1 + headroom) ÷ capacity rps per node)`, clamped to
-//! [minReplicas, maxReplicas] and then to the eligible nodes. Scale-up is immediate; scale-down
-//! waits until the lower count has been recommended for the whole stabilization window (the
-//! HorizontalPodAutoscaler's rule: the highest recommendation within the window wins).
+//! `needed = max(targets.throughputRps, demand) × (1 + headroomPercent/100)`, where demand is
+//! what clients sent (answered plus rejected requests per second). The eligible nodes, in
+//! preference order, add their own capacities (heterogeneous nodes are not averaged): a node
+//! that has measured the model adds its capacity; one that has not adds the lowest capacity
+//! measured on a node of its hardware class, marked estimated, else 0. Desired is the fewest
+//! nodes whose capacities cover `needed`, within [minReplicas, maxReplicas] and the eligible
+//! nodes. Scale-up is immediate; a lower count must be recommended for the whole stabilization
+//! window first (the HorizontalPodAutoscaler's rule), and since a count is only recommended when
+//! its nodes cover demand with headroom, scaling in never leaves demand uncovered (the
+//! oscillation NVIDIA Dynamo's planner fixed by checking the remaining capacity before scaling
+//! in).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jiff::Timestamp;
+use policyserve_crds::HardwareClass;
+
+/// What one eligible node would add.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Estimate {
+    /// The node's measured capacity for this model at its targets.
+    Measured(f64),
+    /// The lowest capacity measured on another node of the same class.
+    Estimated {
+        /// Requests per second.
+        rps: f64,
+        /// The class it was taken from.
+        class: HardwareClass,
+    },
+    /// Nothing measured on this node or its class: counts as 0.
+    Unknown,
+}
+
+impl Estimate {
+    fn rps(&self) -> f64 {
+        match self {
+            Self::Measured(rps) | Self::Estimated { rps, .. } => *rps,
+            Self::Unknown => 0.0,
+        }
+    }
+
+    fn describe(&self, node: &str) -> String {
+        match self {
+            Self::Measured(rps) => format!("{node} {rps:.0}"),
+            Self::Estimated { rps, class } => {
+                format!("{node} {rps:.0} (estimated: lowest measured {class})")
+            }
+            Self::Unknown => format!("{node} 0 (estimated: unmeasured)"),
+        }
+    }
+}
+
+/// An eligible node and what it would add, in preference order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidate {
+    /// Node name.
+    pub node: String,
+    /// Its capacity, measured or estimated.
+    pub capacity: Estimate,
+}
 
 /// What the decision depends on.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,12 +74,12 @@ pub struct ScalingInput {
     pub headroom_percent: u32,
     /// `spec.targets.throughputRps`, summed over nodes.
     pub target_rps: Option<f64>,
-    /// Capacity at the targets of each serving node that has measured it.
-    pub measured_rps: Vec<f64>,
+    /// Answered plus rejected requests per second over the serving nodes' last windows.
+    pub demand_rps: Option<f64>,
+    /// The eligible nodes, most preferred first.
+    pub candidates: Vec<Candidate>,
     /// The previous decision, before eligibility clamping, if any.
     pub current: Option<u32>,
-    /// Nodes that could serve.
-    pub eligible: u32,
 }
 
 /// The decision.
@@ -37,7 +87,7 @@ pub struct ScalingInput {
 pub struct ScalingDecision {
     /// Nodes to serve on.
     pub desired: u32,
-    /// Why, with the figures.
+    /// Why, with the arithmetic.
     pub reason: String,
     /// When to look again because a scale-down is waiting out the window.
     pub recheck_after: Option<Duration>,
@@ -62,63 +112,81 @@ impl History {
     }
 }
 
+/// How many node terms a reason spells out before it says "and N more".
+const TERMS: usize = 6;
+
 /// The recommendation before stabilization and eligibility: (replicas, reason).
 fn recommend(input: &ScalingInput) -> (u32, String) {
     let min = input.min_replicas;
     let max = input.max_replicas.max(min);
-    let Some(target) = input.target_rps else {
-        return (min, format!("no throughput target: minReplicas {min}"));
-    };
-    let measured: Vec<f64> = input
-        .measured_rps
-        .iter()
-        .copied()
-        .filter(|rps| rps.is_finite() && *rps >= 0.0)
-        .collect();
-    if measured.is_empty() {
-        return match input.current {
-            Some(current) => (
-                current.clamp(min, max),
-                format!(
-                    "keeping {} until agents measure capacity",
-                    current.clamp(min, max)
-                ),
-            ),
-            None => (
+    let demand = input.demand_rps.filter(|d| d.is_finite() && *d > 0.0);
+    let wanted = match (input.target_rps, demand) {
+        (None, None) => {
+            return (
                 min,
-                format!("starting at minReplicas {min} until agents measure capacity"),
-            ),
-        };
-    }
-    let per_node = measured.iter().sum::<f64>() / measured.len() as f64;
-    let needed = target * (1.0 + f64::from(input.headroom_percent) / 100.0);
-    if per_node == 0.0 {
-        // Measured, and no rate held the latency targets: no count of such nodes reaches the
-        // target, so plan the most allowed while the status says why.
+                format!("no throughput target and no demand: minReplicas {min}"),
+            );
+        }
+        (target, demand) => target.unwrap_or(0.0).max(demand.unwrap_or(0.0)),
+    };
+    let headroom = 1.0 + f64::from(input.headroom_percent) / 100.0;
+    let needed = wanted * headroom;
+    let needed_text = format!(
+        "needed = max(target {}, demand {}) × {headroom:.2} = {needed:.0} rps",
+        input
+            .target_rps
+            .map_or_else(|| "none".to_owned(), |t| format!("{t:.0}")),
+        demand.map_or_else(|| "unmeasured".to_owned(), |d| format!("{d:.0}")),
+    );
+    if input
+        .candidates
+        .iter()
+        .all(|c| c.capacity == Estimate::Unknown)
+    {
+        let keep = input.current.unwrap_or(min).clamp(min, max);
         return (
-            max,
-            format!(
-                "{target:.0} rps target, but the nodes' capacity at the latency targets is 0 \
-                 rps: maxReplicas {max}"
-            ),
+            keep,
+            format!("{needed_text}; keeping {keep} until agents measure capacity"),
         );
     }
-    let raw = (needed / per_node).ceil().max(1.0);
-    let replicas = if raw >= f64::from(max) {
-        max
-    } else {
-        (raw as u32).max(min)
-    };
-    let mut reason = format!(
-        "{target:.0} rps target + {}% headroom = {needed:.0} rps ÷ {per_node:.0} rps capacity per node = {raw:.0}",
-        input.headroom_percent
-    );
-    if raw > f64::from(max) {
-        reason.push_str(&format!(", capped at maxReplicas {max}"));
-    } else if raw < f64::from(min) {
-        reason.push_str(&format!(", raised to minReplicas {min}"));
+    let allowed = input.candidates.iter().take(max as usize);
+    let mut sum = 0.0;
+    let mut terms = Vec::new();
+    let mut covered = None;
+    for (i, candidate) in allowed.enumerate() {
+        sum += candidate.capacity.rps();
+        terms.push(candidate.capacity.describe(&candidate.node));
+        if sum >= needed {
+            covered = Some(i as u32 + 1);
+            break;
+        }
     }
-    (replicas, reason)
+    let count = terms.len() as u32;
+    let shown = match terms.len().saturating_sub(TERMS) {
+        0 => terms.join(" + "),
+        more => format!("{} + {more} more", terms[..TERMS].join(" + ")),
+    };
+    let bounds = format!("[minReplicas {min}, maxReplicas {max}]");
+    match covered {
+        Some(nodes) if nodes >= min => (
+            nodes,
+            format!("{needed_text}; {shown} = {sum:.0} rps ≥ needed: {nodes} nodes {bounds}"),
+        ),
+        Some(nodes) => (
+            min,
+            format!(
+                "{needed_text}; {shown} = {sum:.0} rps ≥ needed with {nodes}, raised to \
+                 minReplicas {min} {bounds}"
+            ),
+        ),
+        None => (
+            count.max(min),
+            format!(
+                "{needed_text}; all {count} allowed nodes: {shown} = {sum:.0} rps < needed \
+                 {bounds}"
+            ),
+        ),
+    }
 }
 
 /// The highest recommendation within the window, after recording `recommended` at `now`, and
@@ -170,9 +238,10 @@ pub fn decide(
             window.as_secs()
         );
     }
-    let desired = stabilized.min(input.eligible);
+    let eligible = u32::try_from(input.candidates.len()).unwrap_or(u32::MAX);
+    let desired = stabilized.min(eligible);
     if desired < stabilized {
-        reason.push_str(&format!("; only {} eligible nodes", input.eligible));
+        reason.push_str(&format!("; only {eligible} eligible nodes"));
     }
     ScalingDecision {
         desired,
@@ -182,29 +251,31 @@ pub fn decide(
     }
 }
 
+/// Why the throughput target is out of reach, when even the most nodes allowed (measured or
+/// estimated) fall short of it.
 fn unreachable(input: &ScalingInput) -> Option<String> {
     let target = input.target_rps?;
-    let measured: Vec<f64> = input
-        .measured_rps
+    if input
+        .candidates
         .iter()
-        .copied()
-        .filter(|rps| rps.is_finite() && *rps >= 0.0)
-        .collect();
-    if measured.is_empty() {
+        .all(|c| c.capacity == Estimate::Unknown)
+    {
         return None;
     }
-    let per_node = measured.iter().sum::<f64>() / measured.len() as f64;
-    let most = input.max_replicas.min(input.eligible);
-    let capacity = per_node * f64::from(most);
+    let most = input.candidates.len().min(input.max_replicas as usize);
+    let capacity: f64 = input
+        .candidates
+        .iter()
+        .take(most)
+        .map(|c| c.capacity.rps())
+        .sum();
     (capacity < target).then(|| {
-        let limit = if input.max_replicas <= input.eligible {
+        let limit = if input.max_replicas as usize <= input.candidates.len() {
             format!("maxReplicas {}", input.max_replicas)
         } else {
-            format!("all {} eligible nodes", input.eligible)
+            format!("all {most} eligible nodes")
         };
-        format!(
-            "even {limit} × {per_node:.0} rps capacity per node = {capacity:.0} rps < target {target:.0} rps"
-        )
+        format!("even {limit} add up to {capacity:.0} rps capacity < target {target:.0} rps")
     })
 }
 
@@ -216,87 +287,128 @@ mod tests {
         Timestamp::from_second(1_700_000_000 + seconds).unwrap()
     }
 
-    fn input(target: Option<f64>, measured: &[f64]) -> ScalingInput {
+    fn measured(rps: &[f64]) -> Vec<Candidate> {
+        rps.iter()
+            .enumerate()
+            .map(|(i, rps)| Candidate {
+                node: format!("n{i}"),
+                capacity: Estimate::Measured(*rps),
+            })
+            .collect()
+    }
+
+    fn input(target: Option<f64>, capacities: &[f64]) -> ScalingInput {
         ScalingInput {
             min_replicas: 1,
             max_replicas: 10,
             headroom_percent: 20,
             target_rps: target,
-            measured_rps: measured.to_vec(),
+            demand_rps: None,
+            candidates: measured(capacities),
             current: None,
-            eligible: 100,
         }
     }
 
+    fn decide_now(input: &ScalingInput) -> ScalingDecision {
+        decide(
+            input,
+            &mut History::default(),
+            at(0),
+            Duration::from_secs(60),
+        )
+    }
+
     #[test]
-    fn replica_math_follows_target_headroom_and_measured_throughput() {
-        // (target, measured per node, min, max, eligible, expected desired)
-        type Row<'a> = (Option<f64>, &'a [f64], u32, u32, u32, u32);
+    fn nodes_add_their_own_capacities_in_preference_order_until_needed_is_covered() {
+        // (target, demand, capacities in order, min, max, expected desired)
+        type Row<'a> = (Option<f64>, Option<f64>, &'a [f64], u32, u32, u32);
         let table: &[Row] = &[
-            (None, &[], 2, 5, 10, 2),          // no throughput target
-            (Some(5000.0), &[], 1, 10, 10, 1), // not measured yet: minReplicas
-            (Some(5000.0), &[], 3, 10, 10, 3),
-            (Some(5000.0), &[2000.0], 1, 10, 10, 3), // 6000 / 2000 = 3
-            (Some(5000.0), &[2500.0], 1, 10, 10, 3), // 6000 / 2500 = 2.4 → 3
-            (Some(5000.0), &[1000.0, 3000.0], 1, 10, 10, 3), // mean 2000
-            (Some(100.0), &[20000.0], 2, 10, 10, 2), // raised to minReplicas
-            (Some(50000.0), &[1000.0], 1, 10, 100, 10), // capped at maxReplicas
-            (Some(50000.0), &[1000.0], 1, 10, 4, 4), // clamped to eligible nodes
-            (Some(5000.0), &[2000.0], 1, 10, 0, 0),  // nothing eligible
-            (Some(5000.0), &[0.0], 2, 10, 10, 10),   // capacity 0 at the targets: maxReplicas
+            (None, None, &[2000.0; 5], 2, 5, 2), // nothing asked: minReplicas
+            (Some(5000.0), None, &[2000.0; 5], 1, 10, 3), // 6000: 2000 × 3
+            (
+                Some(5000.0),
+                None,
+                &[4000.0, 1000.0, 1000.0, 1000.0],
+                1,
+                10,
+                3,
+            ), // 4000+1000+1000
+            (Some(5000.0), None, &[1000.0, 4000.0, 4000.0], 1, 10, 3), // order decides: 1000+4000+4000
+            (Some(100.0), None, &[20000.0; 3], 2, 10, 2),              // raised to minReplicas
+            (Some(50000.0), None, &[1000.0; 20], 1, 10, 10),           // capped at maxReplicas
+            (Some(50000.0), None, &[1000.0; 4], 1, 10, 4),             // every eligible node
+            (Some(5000.0), None, &[], 1, 10, 0),                       // nothing eligible
+            (Some(5000.0), None, &[0.0; 4], 2, 10, 4), // capacity 0: every node allowed
+            (None, Some(5000.0), &[2000.0; 5], 1, 10, 3), // demand alone: 6000
+            (Some(1000.0), Some(5000.0), &[2000.0; 5], 1, 10, 3), // demand above the target
+            (Some(5000.0), Some(100.0), &[2000.0; 5], 1, 10, 3), // the target above demand
         ];
-        for (i, (target, measured, min, max, eligible, expected)) in table.iter().enumerate() {
+        for (i, (target, demand, capacities, min, max, expected)) in table.iter().enumerate() {
             let input = ScalingInput {
                 min_replicas: *min,
                 max_replicas: *max,
-                eligible: *eligible,
-                ..input(*target, measured)
+                demand_rps: *demand,
+                ..input(*target, capacities)
             };
-            let decision = decide(
-                &input,
-                &mut History::default(),
-                at(0),
-                Duration::from_secs(60),
-            );
+            let decision = decide_now(&input);
             assert_eq!(decision.desired, *expected, "row {i}: {}", decision.reason);
         }
     }
 
     #[test]
-    fn the_reason_carries_the_figures() {
-        let decision = decide(
-            &input(Some(5000.0), &[2000.0]),
-            &mut History::default(),
-            at(0),
-            Duration::from_secs(60),
-        );
+    fn the_reason_shows_needed_demand_headroom_each_node_and_the_bounds() {
+        let input = ScalingInput {
+            demand_rps: Some(1200.0),
+            candidates: vec![
+                Candidate {
+                    node: "a".into(),
+                    capacity: Estimate::Measured(4000.0),
+                },
+                Candidate {
+                    node: "b".into(),
+                    capacity: Estimate::Estimated {
+                        rps: 2500.0,
+                        class: HardwareClass::HighPerformanceCpu,
+                    },
+                },
+            ],
+            ..input(Some(5000.0), &[])
+        };
+        let decision = decide_now(&input);
+        assert_eq!(decision.desired, 2);
         assert_eq!(
             decision.reason,
-            "5000 rps target + 20% headroom = 6000 rps ÷ 2000 rps capacity per node = 3"
+            "needed = max(target 5000, demand 1200) × 1.20 = 6000 rps; a 4000 + b 2500 \
+             (estimated: lowest measured high-performance-cpu) = 6500 rps ≥ needed: 2 nodes \
+             [minReplicas 1, maxReplicas 10]"
         );
     }
 
     #[test]
     fn without_measurements_the_current_count_is_kept() {
+        let unmeasured = vec![
+            Candidate {
+                node: "a".into(),
+                capacity: Estimate::Unknown,
+            };
+            5
+        ];
         let input = ScalingInput {
             current: Some(4),
+            candidates: unmeasured,
             ..input(Some(5000.0), &[])
         };
-        let decision = decide(
-            &input,
-            &mut History::default(),
-            at(0),
-            Duration::from_secs(60),
-        );
-        assert_eq!(decision.desired, 4);
+        let decision = decide_now(&input);
+        assert_eq!(decision.desired, 4, "{}", decision.reason);
+        assert!(decision.reason.contains("until agents measure capacity"));
     }
 
     #[test]
     fn scale_up_is_immediate_and_scale_down_waits_for_the_window() {
         let window = Duration::from_secs(60);
         let mut history = History::default();
-        let high = input(Some(5000.0), &[1000.0]); // 6 nodes
-        let low = input(Some(5000.0), &[3000.0]); // 2 nodes
+        let high = input(Some(5000.0), &[1000.0; 10]); // 6 nodes
+        let low = input(Some(5000.0), &[3000.0; 10]); // 2 nodes
         assert_eq!(decide(&low, &mut history, at(0), window).desired, 2);
         assert_eq!(
             decide(&high, &mut history, at(5), window).desired,
@@ -314,24 +426,36 @@ mod tests {
     }
 
     #[test]
-    fn a_flapping_recommendation_does_not_flap_the_decision() {
+    fn demand_that_comes_and_goes_neither_flaps_nor_leaves_demand_uncovered() {
         let window = Duration::from_secs(60);
         let mut history = History::default();
-        let high = input(Some(5000.0), &[1000.0]);
-        let low = input(Some(5000.0), &[3000.0]);
-        let decisions: Vec<u32> = (0..10)
-            .map(|i| {
-                let which = if i % 2 == 0 { &high } else { &low };
-                decide(which, &mut history, at(i * 5), window).desired
-            })
-            .collect();
+        let load = |demand: f64| ScalingInput {
+            demand_rps: Some(demand),
+            ..input(None, &[1000.0; 10])
+        };
+        let mut decisions = Vec::new();
+        // Demand swinging every 5 s between 5000 and 500 for a minute, then gone for good.
+        for i in 0..12 {
+            let demand = if i % 2 == 0 { 5000.0 } else { 500.0 };
+            decisions.push(decide(&load(demand), &mut history, at(i * 5), window).desired);
+        }
         assert!(decisions.iter().all(|d| *d == 6), "{decisions:?}");
+        let quiet: Vec<u32> = (12..40)
+            .map(|i| decide(&load(500.0), &mut history, at(i * 5), window).desired)
+            .collect();
+        assert!(
+            quiet.windows(2).all(|w| w[1] <= w[0]),
+            "only down: {quiet:?}"
+        );
+        assert_eq!(quiet.last(), Some(&1), "500 × 1.2 fits one node: {quiet:?}");
+        // Every count decided covers the demand it was decided for, with headroom.
+        assert!(quiet.iter().all(|d| f64::from(*d) * 1000.0 >= 500.0 * 1.2));
     }
 
     #[test]
     fn a_seeded_history_holds_the_previous_count_after_a_restart() {
         let mut history = History::seeded(5, at(0));
-        let low = input(Some(5000.0), &[3000.0]);
+        let low = input(Some(5000.0), &[3000.0; 10]);
         assert_eq!(
             decide(&low, &mut history, at(30), Duration::from_secs(60)).desired,
             5
@@ -346,40 +470,22 @@ mod tests {
     fn an_unreachable_target_is_reported_with_the_numbers() {
         let capped = ScalingInput {
             max_replicas: 3,
-            ..input(Some(10000.0), &[1000.0])
+            ..input(Some(10000.0), &[1000.0; 10])
         };
-        let decision = decide(
-            &capped,
-            &mut History::default(),
-            at(0),
-            Duration::from_secs(60),
-        );
         assert_eq!(
-            decision.unreachable.as_deref(),
-            Some("even maxReplicas 3 × 1000 rps capacity per node = 3000 rps < target 10000 rps")
+            decide_now(&capped).unreachable.as_deref(),
+            Some("even maxReplicas 3 add up to 3000 rps capacity < target 10000 rps")
         );
-        let few_nodes = ScalingInput {
-            eligible: 2,
-            ..input(Some(10000.0), &[1000.0])
-        };
-        let decision = decide(
-            &few_nodes,
-            &mut History::default(),
-            at(0),
-            Duration::from_secs(60),
-        );
+        let few_nodes = input(Some(10000.0), &[1000.0; 2]);
         assert!(
-            decision
+            decide_now(&few_nodes)
                 .unreachable
                 .unwrap()
                 .starts_with("even all 2 eligible nodes")
         );
-        let fine = decide(
-            &input(Some(5000.0), &[1000.0]),
-            &mut History::default(),
-            at(0),
-            Duration::from_secs(60),
+        assert_eq!(
+            decide_now(&input(Some(5000.0), &[1000.0; 10])).unreachable,
+            None
         );
-        assert_eq!(fine.unreachable, None);
     }
 }

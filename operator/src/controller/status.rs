@@ -282,9 +282,9 @@ fn node_compliant(p: &Planned, targets: &Targets, desired: u32) -> Option<bool> 
     (!per_node.unmeasured(capacity).contains(&Target::Memory)).then_some(true)
 }
 
-/// One line on a node: how it stands, with its figures.
+/// One line on a node: why it was chosen and how it stands, with its figures.
 fn node_reason(assignment: &Assignment, p: &Planned) -> String {
-    let chosen = format!("{} node, profile {}", assignment.class, assignment.profile);
+    let chosen = format!("{} node, {}", assignment.class, assignment.why);
     if let Some(age) = p.lost {
         return format!("{chosen}; agent Lease {age} s old: not serving");
     }
@@ -677,6 +677,7 @@ mod tests {
     use crate::controller::fixtures::{NodeBuilder, PolicyServiceBuilder, ProfileBuilder};
     use crate::controller::liveness::Liveness;
     use crate::controller::node::NodeFacts;
+    use crate::controller::observe::Observed;
     use crate::controller::scaling::History;
 
     fn now() -> Time {
@@ -715,16 +716,13 @@ mod tests {
             tuning_budget_seconds: 30,
             stabilization_window: Duration::from_secs(60),
         };
-        let plan = plan(
-            ps,
-            nodes,
-            &owned,
-            live,
-            &mut History::default(),
-            &settings,
-            now().0,
-        )
-        .unwrap();
+        let observed = Observed {
+            nodes: nodes.to_vec(),
+            liveness: live.clone(),
+            measured: crate::controller::placement::model_capacities(ps, &owned),
+            owned: owned.clone(),
+        };
+        let plan = plan(ps, &observed, &mut History::default(), &settings, now().0).unwrap();
         planned(ps, &plan, &owned, live, &now())
     }
 
@@ -854,9 +852,8 @@ mod tests {
             ("False", "ThroughputTargetMissed")
         );
         assert!(
-            c.message.contains(
-                "even maxReplicas 2 × 1000 rps capacity per node = 2000 rps < target 10000 rps"
-            ),
+            c.message
+                .contains("even maxReplicas 2 add up to 2000 rps capacity < target 10000 rps"),
             "{}",
             c.message
         );
