@@ -109,6 +109,14 @@ pub struct RunArgs {
     /// 10% or a condition changed).
     #[arg(long, env = "POLICYSERVE_SERVED_WRITE_SECONDS", default_value_t = 30)]
     pub served_write_seconds: u64,
+    /// Re-tune a model whose served latency misses a target for this many windows in a row
+    /// while demand stays below its capacity.
+    #[arg(long, env = "POLICYSERVE_DRIFT_WINDOWS", default_value_t = 3)]
+    pub drift_windows: u32,
+    /// Re-tune a model when a capacity probe finds it lower than recorded by more than this
+    /// fraction (0.25: a quarter).
+    #[arg(long, env = "POLICYSERVE_DRIFT_FRACTION", default_value_t = 0.25)]
+    pub drift_fraction: f64,
     /// Namespace of this agent's Lease (`policyserve-agent-<node>`), renewed every 10 s: the
     /// operator treats a node whose Lease is older than 40 s as not serving.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]

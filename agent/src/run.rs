@@ -59,6 +59,8 @@ pub async fn serve_node(
         revalidate_seconds,
         served_window_seconds,
         served_write_seconds,
+        drift_windows,
+        drift_fraction,
         namespace,
         queue_capacity,
         max_message_bytes,
@@ -93,6 +95,8 @@ pub async fn serve_node(
             revalidate: Duration::from_secs(revalidate_seconds.max(1)),
             served_window: Duration::from_secs(served_window_seconds.max(1)),
             served_write: Duration::from_secs(served_write_seconds.max(1)),
+            drift_windows,
+            drift_fraction: drift_fraction.clamp(0.0, 1.0),
             engine: EngineOptions {
                 gpu,
                 queue_capacity,

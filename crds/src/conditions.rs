@@ -70,6 +70,9 @@ pub mod reasons {
     pub const TUNING: &str = "Tuning";
     /// The tuner chose a configuration.
     pub const TUNED: &str = "Tuned";
+    /// The tuner chose again because the figures drifted or the profile changed; the message
+    /// has the old and the new figures.
+    pub const RETUNED: &str = "Retuned";
     /// The agent does not serve the model.
     pub const NOT_SERVING: &str = "NotServing";
 }

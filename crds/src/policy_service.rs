@@ -64,7 +64,7 @@ pub enum ProfileSelection {
 }
 
 impl ProfileSelection {
-    /// The profile for a node of `class` (DESIGN.md): the pinned one, else MemoryConstrained
+    /// The profile for a node of `class` (docs/profiles.md): the pinned one, else MemoryConstrained
     /// when the memory limit is under 1 GiB, else the class's own profile. An unparsable
     /// memory limit is left to validation and does not change the choice.
     pub fn resolve(self, class: HardwareClass, targets: &Targets) -> Profile {

@@ -88,7 +88,7 @@ impl Profile {
         }
     }
 
-    /// The search space this profile allows on a node, per DESIGN.md's profile table.
+    /// The search space this profile allows on a node, per the table in docs/profiles.md.
     pub fn search_space(self, node: &NodeCapacity) -> SearchSpace {
         let cpu_threads = |cap: u32| ladder(cap.max(1));
         let variants = |wanted: &[Precision]| -> Vec<Precision> {

@@ -113,6 +113,8 @@ impl Cluster {
             revalidate_seconds: self.revalidate_seconds,
             served_window_seconds: SERVED_WINDOW_SECONDS,
             served_write_seconds: 1,
+            drift_windows: 2,
+            drift_fraction: 0.25,
             namespace: self.namespace.clone(),
             queue_capacity: 1024,
             max_message_bytes: 16 * 1024 * 1024,
@@ -360,4 +362,48 @@ pub async fn load(
         answered += task.await?;
     }
     Ok(answered)
+}
+
+/// Real traffic at `rate` requests per second for `duration`, open loop (the agent's own load
+/// generator, without the probe mark): single rows of `width` values.
+///
+/// # Errors
+/// When the profile has no endpoint or the connection fails.
+pub async fn open_load(
+    profile: &OptimizationProfile,
+    width: usize,
+    rate: f64,
+    duration: Duration,
+) -> Result<policyserve_agent::load::Outcome> {
+    use policyserve_agent::load;
+    let endpoint = profile
+        .status
+        .as_ref()
+        .and_then(|s| s.endpoint.clone())
+        .context("no endpoint")?;
+    let address = format!("{}:{}", endpoint.address, endpoint.port).parse()?;
+    let target =
+        load::Target::connect(address, 2, &endpoint.model_name, "obs", width, false).await?;
+    let runtime = tokio::runtime::Handle::current();
+    let plan = load::Plan {
+        rate,
+        duration,
+        max_in_flight: 1024,
+    };
+    Ok(tokio::task::spawn_blocking(move || load::run(&runtime, &target, &plan, &|| false)).await?)
+}
+
+/// Keeps `threads` CPUs busy for `duration` (a noisy neighbour beside the agents).
+pub fn cpu_hog(threads: usize, duration: Duration) -> Vec<std::thread::JoinHandle<()>> {
+    (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let until = Instant::now() + duration;
+                let mut x = 0u64;
+                while Instant::now() < until {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect()
 }

@@ -33,6 +33,6 @@ fn the_tiny_model_fits_a_configmap_with_room_to_spare() {
         .len();
     assert!(
         size <= 64 * 1024,
-        "policy-mlp-tiny.onnx is {size} bytes; DESIGN.md allows 64 KB"
+        "policy-mlp-tiny.onnx is {size} bytes; the ConfigMap example allows 64 KB"
     );
 }

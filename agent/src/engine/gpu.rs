@@ -1,5 +1,5 @@
 //! Node-level GPU settings of the engine, derived from the detected hardware: the GPU memory
-//! limit (DESIGN.md: 80% of VRAM) and the folder of TensorRT's engine cache.
+//! limit (docs/profiles.md: 80% of VRAM) and the folder of TensorRT's engine cache.
 //!
 //! A TensorRT engine is compiled for one GPU model by one TensorRT version, and ONNX Runtime's
 //! TensorRT provider writes it for one ONNX Runtime version; a new driver can also change what

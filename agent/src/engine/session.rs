@@ -14,7 +14,7 @@ use crate::{Error, Result};
 /// Settings that belong to the node rather than to one configuration.
 #[derive(Clone, Debug, Default)]
 pub struct GpuOptions {
-    /// GPU memory ONNX Runtime may use, bytes (DESIGN.md: 80% of VRAM).
+    /// GPU memory ONNX Runtime may use, bytes (docs/profiles.md: 80% of VRAM).
     pub memory_limit_bytes: Option<usize>,
     /// Folder for TensorRT engine caches; a cache is reused only by the same GPU model,
     /// driver, ONNX Runtime and TensorRT versions, which is why the caller keys the folder.

@@ -18,10 +18,12 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use policyserve_crds::{AgentEndpoint, Capacity, OptimizationProfile, SearchSpace, Targets};
+use policyserve_crds::{
+    AgentEndpoint, Capacity, OptimizationProfile, SearchSpace, Served, Targets,
+};
 use tokio::task::JoinHandle;
 
-use self::status::StatusWriter;
+use self::status::{StatusWriter, Tuned};
 use crate::engine::{Engine, EngineOptions, ModelFiles};
 use crate::fetch::Fetcher;
 use crate::registry::{ModelRegistry, Models, ServedModel};
@@ -45,6 +47,11 @@ pub struct ProfileServerConfig {
     pub served_window: Duration,
     /// How often the served figures may be written (when they moved).
     pub served_write: Duration,
+    /// Re-tune when served latency misses a target this many windows in a row while demand
+    /// stays below capacity.
+    pub drift_windows: u32,
+    /// Re-tune when a probe finds capacity lower than recorded by more than this fraction.
+    pub drift_fraction: f64,
     /// Engine settings that are not tuned.
     pub engine: EngineOptions,
 }
@@ -193,23 +200,40 @@ impl ProfileServer {
         }
     }
 
-    /// Fetch, check, tune, serve; then keep the served figures current and probe the
-    /// capacity again while the model is idle.
+    /// Fetch, check, tune, serve; then keep the served figures current, probe the capacity
+    /// again while the model is idle, and re-tune when the figures drift.
     async fn serve(&self, profile: &OptimizationProfile, targets: Arc<Mutex<Targets>>) {
         let namespace = profile.namespace().unwrap_or_default();
         let model = policyserve_crds::model_name(&namespace, &profile.spec.policy_service);
         tracing::info!(model, generation = ?profile.metadata.generation, "loading");
+        // What an earlier tuning chose (another generation, or before the agent restarted).
+        let earlier = Tuned::recorded(profile.status.as_ref());
         let mut writer = StatusWriter::new(profile.status.clone(), profile.metadata.generation);
         writer.loading();
         self.write(profile, &writer).await;
-        if let Err(e) = self.load_and_tune(profile, &model, &mut writer).await {
-            tracing::warn!(model, "cannot serve: {e}");
-            writer.failed(&e, self.registry.model(&model).is_some());
-            self.write(profile, &writer).await;
-            return;
+        let files = match self.load(profile, &model, &mut writer).await {
+            Ok(files) => files,
+            Err(e) => return self.fail(profile, &model, &mut writer, &e).await,
+        };
+        let why = earlier.as_ref().map(|_| {
+            if profile.status.as_ref().and_then(|s| s.observed_generation)
+                == profile.metadata.generation
+            {
+                "the agent started again".to_owned()
+            } else {
+                "the profile changed".to_owned()
+            }
+        });
+        let retune = earlier.zip(why);
+        if let Err(e) = self
+            .tune_and_serve(profile, &model, &files, &mut writer, retune)
+            .await
+        {
+            return self.fail(profile, &model, &mut writer, &e).await;
         }
         let mut next_probe = tokio::time::Instant::now() + self.config.revalidate;
         let mut judged_targets = lock(&targets).clone();
+        let mut drift = Drift::default();
         loop {
             tokio::time::sleep(self.config.served_write).await;
             let Some(current) = self.registry.model(&model) else {
@@ -217,13 +241,30 @@ impl ProfileServer {
             };
             let served = current.traffic.summary(std::time::Instant::now());
             let idle = served.requests == 0 && served.rejected == 0;
+            let capacity = writer.status.capacity.clone();
+            let mut why = drift.observe(&served, capacity.as_ref(), &judged_targets, &self.config);
             let mut changed = writer.served(served, MOVED);
-            if idle && tokio::time::Instant::now() >= next_probe {
+            if why.is_none() && idle && tokio::time::Instant::now() >= next_probe {
                 next_probe = tokio::time::Instant::now() + self.config.revalidate;
-                if let Some(capacity) = self.probe(profile, &current, &judged_targets).await {
-                    writer.capacity(capacity);
+                if let Some(probed) = self.probe(profile, &current, &judged_targets).await {
+                    why = capacity
+                        .as_ref()
+                        .and_then(|old| fell(old, &probed, self.config.drift_fraction));
+                    writer.capacity(probed);
                     changed = true;
                 }
+            }
+            if let Some(why) = why {
+                let earlier = Tuned::recorded(Some(&writer.status));
+                tracing::info!(model, %why, "re-tuning");
+                if let Err(e) = self
+                    .tune_and_serve(profile, &model, &files, &mut writer, earlier.zip(Some(why)))
+                    .await
+                {
+                    tracing::warn!(model, "re-tuning failed, the old engine keeps serving: {e}");
+                }
+                drift = Drift::default();
+                changed = true;
             }
             let now_targets = lock(&targets).clone();
             changed |= now_targets != judged_targets;
@@ -235,12 +276,25 @@ impl ProfileServer {
         }
     }
 
-    async fn load_and_tune(
+    async fn fail(
         &self,
         profile: &OptimizationProfile,
         model: &str,
         writer: &mut StatusWriter,
-    ) -> Result<()> {
+        error: &Error,
+    ) {
+        tracing::warn!(model, "cannot serve: {error}");
+        writer.failed(error, self.registry.model(model).is_some());
+        self.write(profile, writer).await;
+    }
+
+    /// Fetches and checks the model files.
+    async fn load(
+        &self,
+        profile: &OptimizationProfile,
+        model: &str,
+        writer: &mut StatusWriter,
+    ) -> Result<ModelFiles> {
         let spec = &profile.spec;
         let namespace = profile.namespace().unwrap_or_default();
         let files = self.fetcher.model(&namespace, model, &spec.model).await?;
@@ -251,7 +305,23 @@ impl ProfileServer {
             Engine::load(&check, &policyserve_crds::EngineConfig::default(), &options).map(drop)
         })
         .await?;
-        let space = fit_to_host(&spec.search_space, &files);
+        writer.loaded();
+        Ok(files)
+    }
+
+    /// Tunes `files` inside the profile's search space and serves the result, replacing the
+    /// engine that serves now only once the new one is ready; `retune` says what was chosen
+    /// before and why it is tuned again.
+    async fn tune_and_serve(
+        &self,
+        profile: &OptimizationProfile,
+        model: &str,
+        files: &ModelFiles,
+        writer: &mut StatusWriter,
+        retune: Option<(Tuned, String)>,
+    ) -> Result<()> {
+        let spec = &profile.spec;
+        let space = fit_to_host(&spec.search_space, files);
         writer.tuning(spec.tuning_budget_seconds, space.size());
         self.write(profile, writer).await;
         tracing::info!(
@@ -288,7 +358,7 @@ impl ProfileServer {
             })
             .await?
         };
-        writer.tuned(&tuning);
+        writer.tuned(&tuning, retune.as_ref());
         writer.judge(&spec.targets);
         let window = u32::try_from(self.config.served_window.as_secs()).unwrap_or(u32::MAX);
         if let Some(previous) = self
@@ -432,6 +502,57 @@ fn fit_to_host(space: &SearchSpace, files: &ModelFiles) -> SearchSpace {
         precisions,
         ..space.clone()
     }
+}
+
+/// Watches the served figures for a latency target missed while demand stays below capacity:
+/// the configuration, not the load, is then at fault (noisy neighbours, a changed input
+/// distribution), and a new tuning may find a better one.
+#[derive(Debug, Default)]
+struct Drift {
+    since: Option<std::time::Instant>,
+}
+
+impl Drift {
+    /// Records one look at the figures; `Some(why)` once the miss has lasted the configured
+    /// number of windows.
+    fn observe(
+        &mut self,
+        served: &Served,
+        capacity: Option<&Capacity>,
+        targets: &Targets,
+        config: &ProfileServerConfig,
+    ) -> Option<String> {
+        let misses = targets.latency_misses(served);
+        let below_capacity = capacity.is_some_and(|c| served.demand_rps < c.throughput_rps);
+        if !(served.judgeable() && below_capacity) || misses.is_empty() {
+            self.since = None;
+            return None;
+        }
+        let since = *self.since.get_or_insert_with(std::time::Instant::now);
+        let lasting = config.served_window * config.drift_windows.max(1);
+        (since.elapsed() >= lasting).then(|| {
+            let misses: Vec<String> = misses.iter().map(ToString::to_string).collect();
+            format!(
+                "served {} for {} s at demand {:.0} rps, below capacity {:.0} rps",
+                misses.join(", "),
+                since.elapsed().as_secs(),
+                served.demand_rps,
+                capacity.map_or(0.0, |c| c.throughput_rps)
+            )
+        })
+    }
+}
+
+/// Why a probe's capacity calls for a new tuning: it fell by more than `fraction`.
+fn fell(old: &Capacity, new: &Capacity, fraction: f64) -> Option<String> {
+    (new.throughput_rps < old.throughput_rps * (1.0 - fraction)).then(|| {
+        format!(
+            "a probe measured {:.0} rps, more than {:.0}% below the {:.0} rps recorded",
+            new.throughput_rps,
+            fraction * 100.0,
+            old.throughput_rps
+        )
+    })
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -3,8 +3,8 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use policyserve_crds::conditions::{self, LOADED, SERVING, TARGETS_MET, TUNED, status};
 use policyserve_crds::{
-    AgentEndpoint, Capacity, Miss, OptimizationProfileStatus, Served, Target, Targets, describe,
-    latency_basis,
+    AgentEndpoint, Capacity, EngineConfig, Miss, OptimizationProfileStatus, Served, Target,
+    Targets, describe, latency_basis,
 };
 
 use crate::Error;
@@ -34,6 +34,47 @@ pub fn targets_reason(misses: &[Miss]) -> &'static str {
         reasons::MEMORY_LIMIT_EXCEEDED
     } else {
         reasons::THROUGHPUT_TARGET_MISSED
+    }
+}
+
+/// A configuration a tuning chose, with its capacity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tuned {
+    /// The configuration.
+    pub config: EngineConfig,
+    /// Its capacity when it was chosen (or last probed).
+    pub capacity: Capacity,
+}
+
+impl Tuned {
+    /// What `status` records as chosen, when it records both a configuration and a capacity.
+    pub fn recorded(status: Option<&OptimizationProfileStatus>) -> Option<Self> {
+        let status = status?;
+        Some(Self {
+            config: status.chosen.clone()?,
+            capacity: status.capacity.clone()?,
+        })
+    }
+}
+
+impl std::fmt::Display for Tuned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = &self.config;
+        write!(
+            f,
+            "{} {} × {} threads, batch {} ({} µs) at {:.0} rps, p99 {:.3} ms",
+            c.execution_providers
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join("+"),
+            c.precision,
+            c.intra_op_threads,
+            c.max_batch_size,
+            c.batch_delay_micros,
+            self.capacity.throughput_rps,
+            self.capacity.latency_p99_ms
+        )
     }
 }
 
@@ -116,14 +157,18 @@ impl StatusWriter {
         );
     }
 
-    /// The model loaded; tuning starts.
-    pub fn tuning(&mut self, budget_seconds: u32, candidates: usize) {
+    /// The model loaded and fits the engine.
+    pub fn loaded(&mut self) {
         self.set(
             LOADED,
             status::TRUE,
             reasons::MODEL_LOADED,
             "the model loaded and fits the engine",
         );
+    }
+
+    /// Tuning starts (again: the engine serving now keeps serving meanwhile).
+    pub fn tuning(&mut self, budget_seconds: u32, candidates: usize) {
         self.set(
             TUNED,
             status::UNKNOWN,
@@ -132,23 +177,34 @@ impl StatusWriter {
         );
     }
 
-    /// Tuning chose `tuning.chosen`, after ranking and sweeping.
-    pub fn tuned(&mut self, tuning: &Tuning) {
+    /// Tuning chose `tuning.chosen`, after ranking and sweeping. `retune` is what an earlier
+    /// tuning chose and why it was tuned again: the reason is then `Retuned`, with the old and
+    /// new figures.
+    pub fn tuned(&mut self, tuning: &Tuning, retune: Option<&(Tuned, String)>) {
         let chosen = &tuning.chosen;
-        let mut message = format!(
-            "chose the best of {} ranked configurations; swept {} over gRPC: {:.0} rps at p99 \
-             {:.3} ms",
-            tuning.candidates.len(),
-            tuning.swept.len(),
-            chosen.capacity.throughput_rps,
-            chosen.capacity.latency_p99_ms
-        );
+        let now = Tuned {
+            config: chosen.config.clone(),
+            capacity: chosen.capacity.clone(),
+        };
+        let mut message = match retune {
+            Some((before, why)) => format!("re-tuned because {why}: was {before}; now {now}"),
+            None => format!(
+                "chose the best of {} ranked configurations; swept {} over gRPC: {now}",
+                tuning.candidates.len(),
+                tuning.swept.len(),
+            ),
+        };
         if !chosen.fallbacks.is_empty() {
             message.push_str(&format!("; fallbacks: {}", chosen.fallbacks.join("; ")));
         }
-        self.set(TUNED, status::TRUE, reasons::TUNED, message);
-        self.status.chosen = Some(chosen.config.clone());
-        self.status.capacity = Some(chosen.capacity.clone());
+        let reason = if retune.is_some() {
+            reasons::RETUNED
+        } else {
+            reasons::TUNED
+        };
+        self.set(TUNED, status::TRUE, reason, message);
+        self.status.chosen = Some(now.config);
+        self.status.capacity = Some(now.capacity);
     }
 
     /// A new capacity figure (a periodic probe); memory, which probes do not measure, is kept.
@@ -360,8 +416,9 @@ mod tests {
     fn a_tuned_and_served_profile_reports_every_condition_with_its_generation() {
         let mut writer = StatusWriter::new(None, Some(3));
         writer.loading();
+        writer.loaded();
         writer.tuning(30, 36);
-        writer.tuned(&tuning(capacity(900.0, 1.5, Some(40.0))));
+        writer.tuned(&tuning(capacity(900.0, 1.5, Some(40.0))), None);
         writer.judge(&targets(1.0));
         let endpoint = AgentEndpoint {
             address: "10.0.0.5".into(),
@@ -401,7 +458,7 @@ mod tests {
     #[test]
     fn latency_is_judged_on_served_traffic_once_the_window_holds_enough_requests() {
         let mut writer = StatusWriter::new(None, Some(1));
-        writer.tuned(&tuning(capacity(5000.0, 0.5, Some(40.0))));
+        writer.tuned(&tuning(capacity(5000.0, 0.5, Some(40.0))), None);
         assert!(writer.served(served(999, 3.0), 0.1));
         writer.judge(&targets(1.0));
         assert_eq!(
@@ -432,7 +489,7 @@ mod tests {
     #[test]
     fn unmeasured_memory_is_not_judged_within_the_limit() {
         let mut writer = StatusWriter::new(None, Some(1));
-        writer.tuned(&tuning(capacity(5000.0, 0.5, None)));
+        writer.tuned(&tuning(capacity(5000.0, 0.5, None)), None);
         writer.judge(&targets(1.0));
         let met = condition(&writer, TARGETS_MET);
         assert_eq!(met.status, "Unknown");
@@ -448,6 +505,33 @@ mod tests {
         assert!(
             writer.served(served(0, 1.0), 0.1),
             "going idle moves every figure"
+        );
+    }
+
+    #[test]
+    fn a_retuning_says_why_with_the_old_and_the_new_figures() {
+        let mut writer = StatusWriter::new(None, Some(2));
+        writer.tuned(&tuning(capacity(5000.0, 0.5, Some(40.0))), None);
+        let before = Tuned::recorded(Some(&writer.status)).unwrap();
+        let why = "served latencyP99Ms 3.000 > 1 for 180 s".to_owned();
+        writer.tuned(
+            &tuning(capacity(7000.0, 0.4, Some(40.0))),
+            Some(&(before, why)),
+        );
+        let tuned = condition(&writer, TUNED);
+        assert_eq!(tuned.reason, "Retuned");
+        assert!(
+            tuned
+                .message
+                .contains("because served latencyP99Ms 3.000 > 1")
+                && tuned
+                    .message
+                    .contains("was CPU fp32 × 1 threads, batch 1 (0 µs) at 5000 rps")
+                && tuned
+                    .message
+                    .contains("now CPU fp32 × 1 threads, batch 1 (0 µs) at 7000 rps"),
+            "{}",
+            tuned.message
         );
     }
 
