@@ -637,7 +637,11 @@ mod tests {
             .build();
         // Only "big" has measured, and no other node shares its class: the others count 0
         // (estimated), so 6000 rps needs every node allowed.
-        let plan = plan_for(&ps, &[gpu(), big(), mid(), small()], std::slice::from_ref(&measured));
+        let plan = plan_for(
+            &ps,
+            &[gpu(), big(), mid(), small()],
+            std::slice::from_ref(&measured),
+        );
         assert_eq!(plan.scaling.desired, 4, "{}", plan.scaling.reason);
         assert!(plan.scaling.reason.contains("(estimated: unmeasured)"));
         let nodes: Vec<&str> = plan.assignments.iter().map(|a| a.node.as_str()).collect();
