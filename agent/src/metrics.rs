@@ -10,8 +10,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::{Error, Result};
-
 /// Labels of per-model metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabels {
@@ -102,38 +100,22 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` (and `/healthz`) on `addr` until `shutdown` resolves.
+impl policyserve_runtime::Exposition for Metrics {
+    fn encode(&self) -> String {
+        Metrics::encode(self)
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` (the shared endpoint) on `addr` until
+/// `shutdown` resolves.
 ///
 /// # Errors
-/// When the address cannot be bound.
+/// When the address cannot be bound or serving fails.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<()> {
-    use axum::routing::get;
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let metrics = Arc::clone(&metrics);
-                async move {
-                    (
-                        [(
-                            "content-type",
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        metrics.encode(),
-                    )
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::Config(format!("failed to bind the metrics address {addr}: {e}")))?;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| Error::Config(format!("metrics server failed: {e}")))
+) -> Result<(), policyserve_runtime::http::Error> {
+    let listener = policyserve_runtime::bind(addr).await?;
+    policyserve_runtime::serve_metrics(listener, metrics, shutdown).await
 }

@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-use crate::args::{HardwareArgs, RunArgs};
-use crate::engine::{EngineOptions, GpuOptions, runtime};
-use crate::fetch::Fetcher;
+use crate::args::{HardwareArgs, RunArgs, ServingArgs};
+use crate::engine::{GpuOptions, runtime};
+use crate::fetch::{FetchOptions, Fetcher};
 use crate::metrics::Metrics;
 use crate::profiles::{ProfileServer, ProfileServerConfig};
 use crate::registry::ModelRegistry;
@@ -21,6 +21,7 @@ use crate::registry::ModelRegistry;
 /// As [`run`], and when the runtime cannot start.
 pub fn main(args: RunArgs) -> anyhow::Result<()> {
     let threads = args
+        .serving
         .async_threads
         .unwrap_or_else(crate::async_runtime::threads_for_node);
     crate::async_runtime::build(threads)?.block_on(run(args))
@@ -35,7 +36,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("failed to build a Kubernetes client")?;
-    serve_node(client, args, crate::shutdown::signal()).await
+    serve_node(client, args, policyserve_runtime::shutdown_signal()).await
 }
 
 /// The agent's work for one node, until `shutdown` resolves; then it stops accepting gRPC
@@ -52,8 +53,9 @@ pub async fn serve_node(
         node_name,
         redetect_seconds,
         hardware,
-        grpc_addr,
-        metrics_addr,
+        serving,
+        model_root,
+        max_model_bytes,
         advertise_address,
         model_cache,
         revalidate_seconds,
@@ -62,14 +64,22 @@ pub async fn serve_node(
         drift_windows,
         drift_fraction,
         namespace,
-        queue_capacity,
-        max_message_bytes,
-        ort,
         tensorrt_cache,
-        async_threads: _, // sized the runtime this runs on
     } = args;
-    runtime::environment(ort.ort_lib.as_deref())?;
-    let gpu = gpu_options(&hardware, tensorrt_cache, ort.ort_lib.clone()).await;
+    runtime::environment(serving.ort.ort_lib.as_deref())?;
+    let gpu = gpu_options(&hardware, tensorrt_cache, serving.ort.ort_lib.clone()).await;
+    let engine = serving.engine_options(gpu, crate::async_runtime::workers());
+    let ServingArgs {
+        grpc_addr,
+        metrics_addr,
+        max_message_bytes,
+        ..
+    } = serving;
+    let fetch = FetchOptions {
+        model_root,
+        max_model_bytes,
+        ..FetchOptions::default()
+    };
     let address = advertise_address
         .or_else(|| (!grpc_addr.ip().is_unspecified()).then(|| grpc_addr.ip()))
         .context("set --advertise-address (POD_IP): the address clients reach this agent on")?;
@@ -97,14 +107,10 @@ pub async fn serve_node(
             served_write: Duration::from_secs(served_write_seconds.max(1)),
             drift_windows,
             drift_fraction: drift_fraction.clamp(0.0, 1.0),
-            engine: EngineOptions {
-                gpu,
-                queue_capacity,
-                reserved_cpus: crate::async_runtime::workers(),
-            },
+            engine,
         },
         Arc::clone(&registry),
-        Fetcher::new(client.clone(), model_cache),
+        Fetcher::with_options(client.clone(), model_cache, fetch)?,
     ));
 
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -1,7 +1,6 @@
 //! `policyserve-agent serve`: serve models standalone over gRPC, without Kubernetes, and the
 //! gRPC server that in-cluster mode shares.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -10,9 +9,9 @@ use policyserve_crds::EngineConfig;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
-use crate::args::OrtArgs;
+use crate::args::ServingArgs;
 use crate::async_runtime;
-use crate::engine::{self, Engine, EngineOptions, ModelFiles, runtime};
+use crate::engine::{self, Engine, ModelFiles, runtime};
 use crate::grpc::{GrpcInferenceServiceServer, InferenceService};
 use crate::metrics::Metrics;
 use crate::registry::{ModelRegistry, Models, ServedModel};
@@ -23,29 +22,13 @@ pub struct ServeArgs {
     /// A model to serve, as NAME=PATH (repeat for more).
     #[arg(long = "model", required = true, value_parser = parse_named_model)]
     pub models: Vec<(String, PathBuf)>,
-    /// gRPC listen address (KServe V2 protocol).
-    #[arg(long, env = "POLICYSERVE_GRPC_ADDR", default_value = "0.0.0.0:8001")]
-    pub grpc_addr: SocketAddr,
-    /// Prometheus metrics listen address.
-    #[arg(long, env = "POLICYSERVE_METRICS_ADDR", default_value = "0.0.0.0:8002")]
-    pub metrics_addr: SocketAddr,
     /// Engine configuration for every model, YAML or JSON (the `chosen.config` that
     /// `tune --output json` prints); defaults to one instance, one thread, batches up to 32.
     #[arg(long)]
     pub profile: Option<PathBuf>,
-    /// Largest gRPC message accepted or sent, bytes.
-    #[arg(long, default_value_t = 64 * 1024 * 1024)]
-    pub max_message_bytes: usize,
-    /// Requests that may wait per model before new ones get RESOURCE_EXHAUSTED.
-    #[arg(long, default_value_t = 1024)]
-    pub queue_capacity: usize,
-    /// Async runtime threads for gRPC and metrics; defaults to the CPUs the models' inference
-    /// threads leave free, at least one.
-    #[arg(long, env = "POLICYSERVE_ASYNC_THREADS")]
-    pub async_threads: Option<usize>,
-    /// ONNX Runtime library.
+    /// Serving: addresses, limits, ONNX Runtime.
     #[command(flatten)]
-    pub ort: OrtArgs,
+    pub serving: ServingArgs,
 }
 
 fn parse_named_model(text: &str) -> Result<(String, PathBuf), String> {
@@ -76,7 +59,7 @@ pub fn main(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => read_profile(path)?,
         None => default_config(),
     };
-    let threads = args.async_threads.unwrap_or_else(|| {
+    let threads = args.serving.async_threads.unwrap_or_else(|| {
         async_runtime::threads_beside(args.models.len() * engine::inference_threads(&config))
     });
     async_runtime::build(threads)?.block_on(run(args, config))
@@ -89,20 +72,16 @@ pub fn main(args: ServeArgs) -> anyhow::Result<()> {
 /// When ONNX Runtime or a model does not load, or an address cannot be bound.
 pub async fn run(args: ServeArgs, config: EngineConfig) -> anyhow::Result<()> {
     let ServeArgs {
-        models,
+        models, serving, ..
+    } = args;
+    runtime::environment(serving.ort.ort_lib.as_deref())?;
+    let options = serving.engine_options(Default::default(), async_runtime::workers());
+    let ServingArgs {
         grpc_addr,
         metrics_addr,
         max_message_bytes,
-        queue_capacity,
-        ort,
         ..
-    } = args;
-    runtime::environment(ort.ort_lib.as_deref())?;
-    let options = EngineOptions {
-        queue_capacity,
-        reserved_cpus: async_runtime::workers(),
-        ..EngineOptions::default()
-    };
+    } = serving;
     let registry = Arc::new(ModelRegistry::new());
     for (name, path) in models {
         let (config, options) = (config.clone(), options.clone());
@@ -136,7 +115,7 @@ pub async fn run(args: ServeArgs, config: EngineConfig) -> anyhow::Result<()> {
         Arc::clone(&registry),
         metrics,
         max_message_bytes,
-        crate::shutdown::signal(),
+        policyserve_runtime::shutdown_signal(),
     )
     .await?;
     let _ = stop.send(true);

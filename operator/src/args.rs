@@ -8,7 +8,7 @@ use clap::Parser;
 use clap::builder::BoolishValueParser;
 
 use crate::controller::ControllerConfig;
-use crate::telemetry::LogFormat;
+use policyserve_runtime::LogFormat;
 
 /// Reconciles PolicyServices into per-node OptimizationProfiles, decides how many nodes serve,
 /// and keeps each PolicyService's status conditions true to what the agents measured.

@@ -1,7 +1,5 @@
 //! The operator's one error type.
 
-use std::net::SocketAddr;
-
 /// Everything that can go wrong in the operator. `error_policy` sorts these: an invalid spec
 /// waits for the user to change it, everything else is transient and retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -35,15 +33,6 @@ pub enum Error {
     /// No usable Kubernetes client configuration.
     #[error("failed to configure the Kubernetes client: {0}")]
     ClientConfig(String),
-    /// The metrics server could not bind or serve.
-    #[error("failed to serve metrics on {addr}: {source}")]
-    Metrics {
-        /// The address from `--metrics-addr`.
-        addr: SocketAddr,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
     /// Leader election failed.
     #[error("failed to hold the leader lease: {0}")]
     LeaderElection(#[from] kube_lease_manager::LeaseManagerError),
@@ -79,7 +68,6 @@ impl Error {
             Self::MissingField(_) => "missing_field",
             Self::CacheStopped(_) => "cache_stopped",
             Self::ClientConfig(_) => "client_config",
-            Self::Metrics { .. } => "metrics",
             Self::LeaderElection(_) => "leader_election",
             Self::Serialize { .. } => "serialize",
         }

@@ -9,7 +9,6 @@ pub mod controller;
 mod error;
 pub mod leader;
 pub mod metrics;
-pub mod telemetry;
 
 use std::sync::Arc;
 
@@ -23,6 +22,7 @@ pub use controller::{
 };
 pub use error::{Error, Result};
 pub use metrics::Metrics;
+pub use policyserve_runtime::telemetry;
 
 /// Runs the operator as the binary does: metrics server, leader election (unless disabled),
 /// the controller, and a graceful stop on SIGINT or SIGTERM.
@@ -53,11 +53,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down");
+        policyserve_runtime::shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    let server = tokio::spawn(metrics::serve(metrics_addr, metrics.clone(), stopped()));
+    let listener = policyserve_runtime::bind(metrics_addr).await?;
+    let exposition: Arc<dyn policyserve_runtime::Exposition> = metrics.clone();
+    let server = tokio::spawn(policyserve_runtime::serve_metrics(
+        listener,
+        exposition,
+        stopped(),
+    ));
     metrics.set_ready(true);
 
     if !leader_election {
@@ -118,28 +123,4 @@ async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client> {
 fn default_identity() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "policyserve-operator".into());
     format!("{host}-{}", std::process::id())
-}
-
-/// Resolves on SIGINT or SIGTERM (what the kubelet sends before killing the pod).
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => {
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
 }

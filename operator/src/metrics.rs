@@ -1,24 +1,16 @@
 //! Prometheus metrics and the HTTP endpoint that serves them with the health probes.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 
-use crate::{Error, Result};
+use crate::Error;
 
 /// Label of the error counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -106,59 +98,16 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
-
-    fn respond(&self, path: &str) -> Response<Full<Bytes>> {
-        let (status, body) = match path {
-            "/metrics" => (StatusCode::OK, self.encode()),
-            "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
-            "/readyz" if self.ready.load(Ordering::Relaxed) => (StatusCode::OK, "ok\n".to_owned()),
-            "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned()),
-            _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
-        };
-        let mut response = Response::new(Full::new(Bytes::from(body)));
-        *response.status_mut() = status;
-        response
-    }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown` resolves.
-///
-/// # Errors
-/// When the address cannot be bound.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<()> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Metrics { addr, source })?;
-    tracing::info!(%addr, "serving metrics and probes");
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "failed to accept a metrics connection");
-                    continue;
-                }
-            },
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let response = metrics.respond(request.uri().path());
-                async move { Ok::<_, Infallible>(response) }
-            });
-            if let Err(error) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%error, "metrics connection ended with an error");
-            }
-        });
+impl policyserve_runtime::Exposition for Metrics {
+    fn encode(&self) -> String {
+        Metrics::encode(self)
+    }
+
+    /// Ready once the binary has started (leading or standing by): both answer probes.
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
     }
 }
 
@@ -189,14 +138,10 @@ mod tests {
 
     #[test]
     fn readiness_follows_the_flag() {
+        use policyserve_runtime::Exposition;
         let metrics = Metrics::default();
-        assert_eq!(
-            metrics.respond("/readyz").status(),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
+        assert!(!metrics.ready());
         metrics.set_ready(true);
-        assert_eq!(metrics.respond("/readyz").status(), StatusCode::OK);
-        assert_eq!(metrics.respond("/healthz").status(), StatusCode::OK);
-        assert_eq!(metrics.respond("/nope").status(), StatusCode::NOT_FOUND);
+        assert!(metrics.ready());
     }
 }

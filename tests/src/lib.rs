@@ -27,6 +27,7 @@ use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+pub mod cluster;
 pub mod local;
 pub mod specs;
 pub mod world;

@@ -6,12 +6,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use clap::Parser;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use policyserve_agent::args::{HardwareArgs, OrtArgs, RunArgs};
+use policyserve_agent::args::{Cli, Command};
 use policyserve_agent::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use policyserve_agent::grpc::proto::model_infer_request::InferInputTensor;
 use policyserve_agent::grpc::proto::{InferTensorContents, ModelInferRequest};
@@ -35,6 +36,11 @@ struct Agent {
     done: tokio::task::JoinHandle<()>,
 }
 
+/// One cluster at a time per test binary: each agent's capacity sweep loads this machine's
+/// CPUs, and two sweeps side by side would measure each other (on 2 vCPUs their requests leave
+/// late and their capacity reads 0), which is not what these tests are about.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// One test's cluster: namespace, operator, and agents keyed by node name.
 #[allow(missing_debug_implementations)] // kube::Client has no Debug
 pub struct Cluster {
@@ -48,6 +54,7 @@ pub struct Cluster {
     /// Seconds between an idle model's capacity probes, for agents started from now on.
     pub revalidate_seconds: u64,
     _operator: oneshot::Sender<()>,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl Cluster {
@@ -57,7 +64,8 @@ impl Cluster {
     /// # Errors
     /// When ONNX Runtime or the apiserver is missing.
     pub async fn start(prefix: &str) -> Result<Self> {
-        policyserve_agent::telemetry::init("warn");
+        let turn = ONE_AT_A_TIME.lock().await;
+        policyserve_runtime::telemetry::init("warn", policyserve_runtime::LogFormat::Text);
         policyserve_agent::engine::runtime::environment(None)
             .context("ORT_DYLIB_PATH must name libonnxruntime.so (run `make deps`)")?;
         let ControllerScope {
@@ -74,6 +82,7 @@ impl Cluster {
             hardware: BTreeMap::new(),
             revalidate_seconds: 600,
             _operator: stop,
+            _turn: turn,
         })
     }
 
@@ -99,27 +108,48 @@ impl Cluster {
 
     /// Starts (again) the agent of `node`.
     pub fn start_agent(&mut self, node: &str) {
-        let args = RunArgs {
-            node_name: node.to_owned(),
-            redetect_seconds: 300,
-            hardware: HardwareArgs {
-                hardware_file: self.hardware.get(node).cloned(),
-            },
-            grpc_addr: "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
-            metrics_addr: "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
-            async_threads: None,
-            advertise_address: None,
-            model_cache: std::env::temp_dir().join(format!("policyserve-cache-{node}")),
-            revalidate_seconds: self.revalidate_seconds,
-            served_window_seconds: SERVED_WINDOW_SECONDS,
-            served_write_seconds: 1,
-            drift_windows: 2,
-            drift_fraction: 0.25,
-            namespace: self.namespace.clone(),
-            queue_capacity: 1024,
-            max_message_bytes: 16 * 1024 * 1024,
-            ort: OrtArgs { ort_lib: None },
-            tensorrt_cache: std::env::temp_dir().join(format!("policyserve-tensorrt-{node}")),
+        let temp = std::env::temp_dir();
+        let mut line: Vec<String> = [
+            "policyserve-agent",
+            "run",
+            "--node-name",
+            node,
+            "--namespace",
+            &self.namespace,
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--redetect-seconds",
+            "300",
+            "--served-write-seconds",
+            "1",
+            "--drift-windows",
+            "2",
+            "--max-message-bytes",
+            "16777216",
+        ]
+        .map(String::from)
+        .to_vec();
+        line.extend([
+            format!("--served-window-seconds={SERVED_WINDOW_SECONDS}"),
+            format!("--revalidate-seconds={}", self.revalidate_seconds),
+            format!(
+                "--model-cache={}",
+                temp.join(format!("policyserve-cache-{node}")).display()
+            ),
+            format!(
+                "--tensorrt-cache={}",
+                temp.join(format!("policyserve-tensorrt-{node}")).display()
+            ),
+        ]);
+        if let Some(file) = self.hardware.get(node) {
+            line.push(format!("--hardware-file={}", file.display()));
+        }
+        // Parsed as the binary parses its command line, so the flags tested are the real ones.
+        let args = match Cli::try_parse_from(&line).map(|cli| cli.command) {
+            Ok(Command::Run(args)) => args,
+            other => panic!("`{}` does not parse: {other:?}", line.join(" ")),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let client = self.client.clone();
@@ -364,46 +394,58 @@ pub async fn load(
     Ok(answered)
 }
 
-/// Real traffic at `rate` requests per second for `duration`, open loop (the agent's own load
-/// generator, without the probe mark): single rows of `width` values.
+/// Bursty real traffic: every `every`, `burst` single-row requests of `width` values at once,
+/// for `duration`. On average far below a node's capacity, each burst still queues behind
+/// itself, so the served tail is long: what a smooth capacity sweep never sees. Returns how
+/// many were answered OK.
 ///
 /// # Errors
-/// When the profile has no endpoint or the connection fails.
-pub async fn open_load(
+/// When the profile has no endpoint or a connection fails.
+pub async fn burst_load(
     profile: &OptimizationProfile,
     width: usize,
-    rate: f64,
+    burst: usize,
+    every: Duration,
     duration: Duration,
-) -> Result<policyserve_agent::load::Outcome> {
-    use policyserve_agent::load;
+) -> Result<u64> {
     let endpoint = profile
         .status
         .as_ref()
         .and_then(|s| s.endpoint.clone())
         .context("no endpoint")?;
-    let address = format!("{}:{}", endpoint.address, endpoint.port).parse()?;
-    let target =
-        load::Target::connect(address, 2, &endpoint.model_name, "obs", width, false).await?;
-    let runtime = tokio::runtime::Handle::current();
-    let plan = load::Plan {
-        rate,
-        duration,
-        max_in_flight: 1024,
+    let client = GrpcInferenceServiceClient::connect(format!(
+        "http://{}:{}",
+        endpoint.address, endpoint.port
+    ))
+    .await?;
+    let request = ModelInferRequest {
+        model_name: endpoint.model_name.clone(),
+        inputs: vec![InferInputTensor {
+            name: "obs".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, width as i64],
+            contents: Some(InferTensorContents {
+                fp32_contents: vec![0.25; width],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
     };
-    Ok(tokio::task::spawn_blocking(move || load::run(&runtime, &target, &plan, &|| false)).await?)
-}
-
-/// Keeps `threads` CPUs busy for `duration` (a noisy neighbour beside the agents).
-pub fn cpu_hog(threads: usize, duration: Duration) -> Vec<std::thread::JoinHandle<()>> {
-    (0..threads)
-        .map(|_| {
-            std::thread::spawn(move || {
-                let until = Instant::now() + duration;
-                let mut x = 0u64;
-                while Instant::now() < until {
-                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-                }
+    let until = Instant::now() + duration;
+    let mut tick = tokio::time::interval(every);
+    let mut answered = 0;
+    while Instant::now() < until {
+        tick.tick().await;
+        let requests: Vec<_> = (0..burst)
+            .map(|_| {
+                let (mut client, request) = (client.clone(), request.clone());
+                tokio::spawn(async move { client.model_infer(request).await.is_ok() })
             })
-        })
-        .collect()
+            .collect();
+        for request in requests {
+            answered += u64::from(request.await?);
+        }
+    }
+    Ok(answered)
 }

@@ -204,8 +204,8 @@ fn rbac_names_every_resource_and_verb_without_wildcards() -> Result<()> {
     roles.extend(of_kind(&rendered, "Role"));
     assert_eq!(
         roles.len(),
-        3,
-        "operator and agent ClusterRoles, the Lease Role"
+        4,
+        "operator and agent ClusterRoles, the leader-election Role, the agents' Lease Role"
     );
     for role in &roles {
         for rule in role["rules"].as_array().context("rules")? {

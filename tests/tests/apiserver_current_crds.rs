@@ -4,6 +4,8 @@
 //! and no `/apis` discovery, so everything here goes through typed `Api`s or explicit
 //! `ApiResource`s; the objects' namespaces exist on the 1.20 control plane it delegates to.
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
@@ -13,7 +15,7 @@ use policyserve_crds::{PolicyService, PolicyServiceStatus, ScalingStatus};
 use policyserve_operator::FIELD_MANAGER;
 use policyserve_tests::specs::{invalid_policy_services, lander, operator_verdict};
 use policyserve_tests::{
-    apply_crds, client, current_crd_client, install_crds, test_namespace, unique_name,
+    apply_crds, client, current_crd_client, eventually, install_crds, test_namespace, unique_name,
     wait_established, workspace_root,
 };
 use serde_json::{Value, json};
@@ -331,6 +333,22 @@ async fn an_object_stored_before_a_rule_tightened_still_takes_unrelated_edits() 
     tightened.metadata.resource_version = crds.get(&name).await?.metadata.resource_version;
     crds.replace(&name, &PostParams::default(), &tightened)
         .await?;
+    // The server applies a new schema a moment after storing it: wait until a new object with
+    // the invalid limit is refused, so the edits below meet the tightened schema.
+    let mut probe = lander("probe");
+    probe["apiVersion"] = json!(format!("{group}/v1alpha1"));
+    probe["spec"]["targets"]["memoryLimit"] = json!("lots");
+    let probe: DynamicObject = serde_json::from_value(probe)?;
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    eventually(
+        "the tightened schema to take effect",
+        Duration::from_secs(30),
+        || async { Ok(api.create(&dry_run, &probe).await.is_err().then_some(())) },
+    )
+    .await?;
 
     let unrelated = json!({"spec": {"placement": {"headroomPercent": 50}}});
     let edited = api

@@ -16,7 +16,7 @@ use policyserve_crds::{
 };
 use policyserve_tests::eventually;
 use policyserve_tests::local::{
-    Cluster, SERVED_WINDOW_SECONDS, TIMEOUT, cpu_hog, load, open_load, tiny_spec,
+    Cluster, SERVED_WINDOW_SECONDS, TIMEOUT, burst_load, load, tiny_spec,
 };
 use serde_json::json;
 
@@ -28,18 +28,24 @@ fn capacity_of(profile: &OptimizationProfile) -> Option<Capacity> {
     profile.status.as_ref()?.capacity.clone()
 }
 
-/// Waits until the one profile of `name` satisfies `check`, and returns it.
+/// Waits until the one profile of `name` satisfies `check`, and returns it; on a timeout the
+/// error carries the status last seen.
 async fn profile_until(
     cluster: &Cluster,
     name: &str,
     what: &str,
     check: impl Fn(&OptimizationProfile) -> bool,
 ) -> Result<OptimizationProfile> {
-    eventually(what, TIMEOUT, || async {
+    let last = std::sync::Mutex::new(None);
+    let found = eventually(what, TIMEOUT, || async {
         let profiles = cluster.profiles_of(name).await?;
+        if let (Ok(mut last), Some(first)) = (last.lock(), profiles.first()) {
+            *last = first.status.clone();
+        }
         Ok(profiles.into_iter().find(|p| check(p)))
     })
-    .await
+    .await;
+    found.with_context(|| format!("last seen: {:?}", last.lock().ok().and_then(|l| l.clone())))
 }
 
 /// Waits until PolicyService `name` satisfies `check`, and returns it.
@@ -155,7 +161,7 @@ async fn latency_is_judged_on_served_traffic_under_load_and_on_capacity_without(
     cluster.add_node("cpu", "balanced-node.json").await?;
     cluster.model_config_map("mlp", "policy-mlp.onnx").await?;
     let mut spec = tiny_spec("mlp", json!({"latencyP99Ms": 2.0}));
-    spec["tuning"] = json!({"maxBatchSize": 8});
+    spec["tuning"] = json!({"maxBatchSize": 256});
     cluster.apply("lander", spec).await?;
     cluster.condition("lander", READY, "True").await?;
     // No traffic yet: the judgement rests on the sweep, and says so.
@@ -381,17 +387,15 @@ async fn served_latency_held_above_target_below_capacity_retunes_and_says_why() 
         .apply("cartpole", tiny_spec("tiny", json!({"latencyP99Ms": 3.0})))
         .await?;
     let ready = profile_until(&cluster, "cartpole", "a capacity above the load", |p| {
-        capacity_of(p).is_some_and(|c| c.throughput_rps >= 500.0) && served_of(p).is_some()
+        capacity_of(p).is_some_and(|c| c.throughput_rps >= 1000.0) && served_of(p).is_some()
     })
     .await?;
-    // 300 rps, well below capacity, while three busy threads crowd the two CPUs: the served
-    // tail misses 3 ms though the node is not overloaded. The agents here re-tune after two
-    // 4 s windows of that.
-    let run_for = Duration::from_secs(8 * SERVED_WINDOW_SECONDS);
-    let hogs = cpu_hog(3, run_for);
+    // 600 requests at once every second: 600 rps of demand, below the capacity, yet each burst
+    // waits behind itself far beyond 3 ms. The agents here re-tune after two 4 s windows.
     let driving = tokio::spawn({
         let profile = ready.clone();
-        async move { open_load(&profile, 16, 300.0, run_for).await }
+        let run_for = Duration::from_secs(8 * SERVED_WINDOW_SECONDS);
+        async move { burst_load(&profile, 16, 600, Duration::from_secs(1), run_for).await }
     });
     let retuned = profile_until(&cluster, "cartpole", "a re-tuning for drift", |p| {
         p.status.as_ref().is_some_and(|s| {
@@ -412,9 +416,6 @@ async fn served_latency_held_above_target_below_capacity_retunes_and_says_why() 
         "{}",
         tuned.message
     );
-    driving.await??;
-    for hog in hogs {
-        hog.join().map_err(|_| anyhow::anyhow!("a hog panicked"))?;
-    }
+    assert!(driving.await?? > 0);
     Ok(())
 }

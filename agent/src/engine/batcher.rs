@@ -2,9 +2,14 @@
 //! dedicated worker threads (never on async runtime threads) and splits the results.
 //!
 //! A bounded queue feeds the workers; when it is full, [`Batcher::submit`] refuses the request
-//! at once instead of letting latency grow without bound. Each worker owns one ONNX Runtime
-//! session (a "model instance", as Triton calls it), takes the first waiting request, then
-//! keeps taking requests until the batch is full or `max_delay` has passed since it started.
+//! at once instead of letting latency grow without bound. The queue is bounded twice: by
+//! requests (`queue_capacity`) and by the bytes they hold (`max_queued_bytes`), since a
+//! thousand requests of 64 MiB each would otherwise be "only" a thousand. A request holds its
+//! bytes from acceptance until it is answered, and may carry at most `max_request_rows` rows.
+//!
+//! Each worker owns one ONNX Runtime session (a "model instance", as Triton calls it), takes
+//! the first waiting request, then keeps taking requests until the batch is full or
+//! `max_delay` has passed since it started.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -28,6 +33,13 @@ pub struct BatchSettings {
     pub max_delay: Duration,
     /// Requests that may wait in the queue; more are refused.
     pub queue_capacity: usize,
+    /// Most rows one request may carry. A request larger than `max_batch_size` runs as a batch
+    /// of its own (the tuned batch size is not the client's business); this bounds it.
+    pub max_request_rows: usize,
+    /// Bytes that accepted, unanswered requests may hold (input and output values); more are
+    /// refused with [`Error::QueueBytesFull`]. Never less than one full batch per worker, so
+    /// that every worker can always be busy.
+    pub max_queued_bytes: usize,
     /// Whether idle workers poll their queue, and blocking callers their answer, briefly
     /// before they sleep (lower latency at low load, a busier CPU). Worth it only on cores
     /// that neither the inference threads nor the async runtime serving requests need.
@@ -59,6 +71,20 @@ struct Request {
     enqueued: Instant,
     deadline: Option<Instant>,
     reply: oneshot::Sender<Result<Response>>,
+    /// Released when the request is dropped: after its answer is sent, on every path.
+    _bytes: Reservation,
+}
+
+/// Bytes a request holds against the queue's byte bound, given back on drop.
+struct Reservation {
+    queued: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 /// Handle to the queue and its workers. Dropping it (or [`Batcher::shutdown`]) closes the
@@ -70,6 +96,8 @@ pub struct Batcher {
     signature: Arc<ModelSignature>,
     settings: BatchSettings,
     in_flight: Arc<AtomicUsize>,
+    /// Bytes held by accepted, unanswered requests.
+    queued_bytes: Arc<AtomicUsize>,
     /// How long the last batch ran, µs: how long a waiting caller is worth polling for.
     last_batch_micros: Arc<AtomicU64>,
 }
@@ -82,9 +110,13 @@ impl Batcher {
     pub fn start(
         sessions: Vec<Session>,
         signature: ModelSignature,
-        settings: BatchSettings,
+        mut settings: BatchSettings,
     ) -> Result<Self> {
         let (queue, receiver) = crossbeam_channel::bounded(settings.queue_capacity.max(1));
+        let full_batch = request_bytes(&signature, settings.max_batch_size);
+        settings.max_queued_bytes = settings
+            .max_queued_bytes
+            .max(full_batch.saturating_mul(sessions.len().max(1)));
         let signature = Arc::new(signature);
         let in_flight = Arc::new(AtomicUsize::new(0));
         let last_batch_micros = Arc::new(AtomicU64::new(0));
@@ -113,6 +145,7 @@ impl Batcher {
             signature,
             settings,
             in_flight,
+            queued_bytes: Arc::new(AtomicUsize::new(0)),
             last_batch_micros,
         })
     }
@@ -137,33 +170,26 @@ impl Batcher {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Bytes held by accepted, unanswered requests (see [`BatchSettings::max_queued_bytes`]).
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Acquire)
+    }
+
     /// Queues `rows` rows of input (row-major, `rows × input row length` values).
     ///
     /// # Errors
-    /// [`Error::InvalidRequest`] when the input does not fit the model, [`Error::QueueFull`]
-    /// when the queue is full, [`Error::Stopped`] after shutdown.
+    /// [`Error::InvalidRequest`] when the input does not fit the model or has more rows than
+    /// `max_request_rows`, [`Error::QueueFull`] or [`Error::QueueBytesFull`] when the queue is
+    /// full, [`Error::Stopped`] after shutdown.
     pub fn submit(
         &self,
         input: Vec<f32>,
         rows: usize,
         deadline: Option<Instant>,
     ) -> Result<oneshot::Receiver<Result<Response>>> {
-        let row_len = self.signature.input.row_len();
-        if rows == 0 {
-            return Err(Error::InvalidRequest(
-                "a request needs at least one row".into(),
-            ));
-        }
-        if input.len() != rows * row_len {
-            return Err(Error::InvalidRequest(format!(
-                "input {:?} has {} values; {rows} rows of shape {:?} need {}",
-                self.signature.input.name,
-                input.len(),
-                self.signature.input.row_shape,
-                rows * row_len
-            )));
-        }
+        self.check_input(&input, rows)?;
         let queue = self.queue.as_ref().ok_or(Error::Stopped)?;
+        let reservation = self.reserve(request_bytes(&self.signature, rows))?;
         let (reply, receiver) = oneshot::channel();
         let request = Request {
             input,
@@ -171,6 +197,7 @@ impl Batcher {
             enqueued: Instant::now(),
             deadline,
             reply,
+            _bytes: reservation,
         };
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         match queue.try_send(request) {
@@ -184,6 +211,48 @@ impl Batcher {
                 Err(Error::Stopped)
             }
         }
+    }
+
+    /// Whether `rows` rows are within the per-request cap and `input` holds exactly that many.
+    fn check_input(&self, input: &[f32], rows: usize) -> Result<()> {
+        let max = self.settings.max_request_rows;
+        if rows == 0 || rows > max {
+            return Err(Error::InvalidRequest(format!(
+                "a request has {rows} rows; this server takes 1 to {max} rows per request \
+                 (--max-request-rows)"
+            )));
+        }
+        let needed = rows.checked_mul(self.signature.input.row_len());
+        if needed != Some(input.len()) {
+            return Err(Error::InvalidRequest(format!(
+                "input {:?} has {} values; {rows} rows of shape {:?} need {}",
+                self.signature.input.name,
+                input.len(),
+                self.signature.input.row_shape,
+                needed.map_or_else(|| "more than usize::MAX".into(), |n| n.to_string())
+            )));
+        }
+        Ok(())
+    }
+
+    /// Takes `bytes` from the byte bound, or refuses. An empty queue takes any one request, so
+    /// that nothing is refused for ever.
+    fn reserve(&self, bytes: usize) -> Result<Reservation> {
+        let limit = self.settings.max_queued_bytes;
+        self.queued_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                let total = queued.saturating_add(bytes);
+                (queued == 0 || total <= limit).then_some(total)
+            })
+            .map_err(|queued| Error::QueueBytesFull {
+                queued_bytes: queued,
+                request_bytes: bytes,
+                limit_bytes: limit,
+            })?;
+        Ok(Reservation {
+            queued: Arc::clone(&self.queued_bytes),
+            bytes,
+        })
     }
 
     /// Runs one request and waits for it, from async code.
@@ -250,6 +319,19 @@ impl Drop for Batcher {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Bytes `rows` rows hold while queued: their input and their answer, float32 each.
+/// Saturating: the bound then refuses what cannot be counted.
+fn request_bytes(signature: &ModelSignature, rows: usize) -> usize {
+    let values_per_row = signature
+        .outputs
+        .iter()
+        .fold(signature.input.row_len(), |sum, o| {
+            sum.saturating_add(o.row_len())
+        });
+    rows.saturating_mul(values_per_row)
+        .saturating_mul(std::mem::size_of::<f32>())
 }
 
 struct Worker {

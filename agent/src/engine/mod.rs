@@ -100,6 +100,16 @@ impl ModelFiles {
     }
 }
 
+/// Default bound on the bytes a model's queued requests hold: 256 MiB, four of the largest
+/// gRPC messages the server accepts by default, and some 800,000 queued rows of a 64-input
+/// policy model.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 256 * 1024 * 1024;
+
+/// Default for the most rows one request may carry: the largest batch a PolicyService may pin
+/// (`tuning.maxBatchSize` ≤ 4096). Independent of the tuned `maxBatchSize`, which a client
+/// cannot know: a request larger than the tuned batch runs as a batch of its own.
+pub const DEFAULT_MAX_REQUEST_ROWS: usize = 4096;
+
 /// Settings of the engine that are not part of a tuned configuration.
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
@@ -107,6 +117,11 @@ pub struct EngineOptions {
     pub gpu: GpuOptions,
     /// Requests that may wait in the batcher's queue before new ones are refused.
     pub queue_capacity: usize,
+    /// Bytes that a model's accepted, unanswered requests may hold before new ones are refused
+    /// with RESOURCE_EXHAUSTED; never less than one full batch per instance.
+    pub max_queued_bytes: usize,
+    /// Most rows one request may carry; more get INVALID_ARGUMENT.
+    pub max_request_rows: usize,
     /// CPUs that other busy threads of the process need, such as the async runtime that
     /// serves the requests: polling for work or answers never counts them as free.
     pub reserved_cpus: usize,
@@ -117,6 +132,8 @@ impl Default for EngineOptions {
         Self {
             gpu: GpuOptions::default(),
             queue_capacity: 1024,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            max_request_rows: DEFAULT_MAX_REQUEST_ROWS,
             reserved_cpus: 0,
         }
     }
@@ -161,6 +178,8 @@ impl Engine {
             max_batch_size: config.max_batch_size as usize,
             max_delay: Duration::from_micros(config.batch_delay_micros),
             queue_capacity: options.queue_capacity,
+            max_queued_bytes: options.max_queued_bytes,
+            max_request_rows: options.max_request_rows,
             // Polling for work or for an answer on the last free core would hold off the very
             // thread it waits for until the scheduler preempts the poller.
             spin: config.spinning && spare_core(config, options.reserved_cpus),

@@ -1,7 +1,7 @@
 //! The KServe V2 / Open Inference Protocol over gRPC. The service is generic over [`Models`]
 //! and is the only place that turns agent errors into `tonic::Status`.
 
-mod tensor;
+pub mod tensor;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -115,7 +115,10 @@ impl<M: Models> InferenceService<M> {
                 })
                 .collect::<Result<_, _>>()?
         };
-        let (values, rows) = tensor::decode_input(input, raw, &signature.input).map_err(status)?;
+        // A request of more rows than a batch holds is refused here, before it is decoded.
+        let max_rows = model.engine.batcher().settings().max_request_rows;
+        let (values, rows) =
+            tensor::decode_input(input, raw, &signature.input, max_rows).map_err(status)?;
 
         let labels = ModelLabels {
             model: model.name.clone(),
@@ -213,7 +216,7 @@ fn status(error: Error) -> Status {
     let message = error.to_string();
     match error {
         Error::InvalidRequest(_) => Status::invalid_argument(message),
-        Error::QueueFull(_) => Status::resource_exhausted(message),
+        Error::QueueFull(_) | Error::QueueBytesFull { .. } => Status::resource_exhausted(message),
         Error::DeadlineExceeded(_) => Status::deadline_exceeded(message),
         Error::Stopped => Status::unavailable(message),
         _ => Status::internal(message),

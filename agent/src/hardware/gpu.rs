@@ -63,18 +63,25 @@ impl GpuDetection {
     }
 }
 
-/// GPU memory this process holds, summed over every GPU, MiB: what NVML lists for our pid
-/// among each device's running compute processes. `None` without a driver or when NVML cannot
-/// say (then measurements count resident memory only); `Some(0.0)` when a driver is there but
-/// this process holds no GPU memory.
+/// GPU memory this process holds, summed over every GPU, MiB: what NVML lists for this process
+/// among each device's running compute processes. `None` ("unmeasured") without a driver, when
+/// NVML cannot say, or when this process cannot be told apart in NVML's list; `Some(0.0)` when
+/// a driver is there and this process holds no GPU memory.
+///
+/// NVML names processes by PID, and which PID depends on the driver: older ones report PIDs of
+/// the host's (initial) PID namespace, newer ones translate them into the caller's namespace
+/// and leave out processes it cannot see. In the initial namespace both agree with our own PID.
+/// In a pod's PID namespace our PID is only comparable when the list is in our namespace too,
+/// which shows as every listed PID existing in our `/proc`; a host PID list almost always names
+/// a PID we cannot see (our own host PID, for a start), and then attribution is impossible from
+/// inside the pod: the answer is `None`, never a guessed 0.
 ///
 /// NVML reports memory in use now, not a peak; ONNX Runtime's CUDA arena keeps what it has
 /// grown to, so after a measurement window the two are close.
 pub fn process_memory_mib() -> Option<f64> {
     static NVML: OnceLock<Option<Nvml>> = OnceLock::new();
     let nvml = NVML.get_or_init(|| Nvml::init().ok()).as_ref()?;
-    let pid = std::process::id();
-    let mut bytes = 0u64;
+    let mut listed = Vec::new();
     for index in 0..nvml.device_count().ok()? {
         let Ok(device) = nvml.device_by_index(index) else {
             continue;
@@ -83,14 +90,41 @@ pub fn process_memory_mib() -> Option<f64> {
         let Ok(processes) = device.running_compute_processes() else {
             continue;
         };
-        bytes += processes
+        listed.extend(processes.into_iter().map(|p| {
+            let used = match p.used_gpu_memory {
+                UsedGpuMemory::Used(used) => Some(used),
+                UsedGpuMemory::Unavailable => None,
+            };
+            (p.pid, used)
+        }));
+    }
+    let own_namespace = in_initial_pid_namespace()
+        || listed
             .iter()
-            .filter(|p| p.pid == pid)
-            .map(|p| match p.used_gpu_memory {
-                UsedGpuMemory::Used(used) => used,
-                UsedGpuMemory::Unavailable => 0,
-            })
-            .sum::<u64>();
+            .all(|(pid, _)| std::path::Path::new(&format!("/proc/{pid}")).exists());
+    attributed_mib(&listed, std::process::id(), own_namespace)
+}
+
+/// The initial PID namespace's inode number (`PROC_PID_INIT_INO` in the kernel), fixed since
+/// Linux 3.8: `/proc/self/ns/pid` reads `pid:[4026531836]` outside any container.
+const INITIAL_PID_NAMESPACE: &str = "pid:[4026531836]";
+
+/// Whether this process runs in the host's PID namespace, where every driver's PIDs are ours.
+fn in_initial_pid_namespace() -> bool {
+    std::fs::read_link("/proc/self/ns/pid")
+        .is_ok_and(|link| link.to_string_lossy() == INITIAL_PID_NAMESPACE)
+}
+
+/// Sums the memory `listed` (PID, bytes if NVML knows them) gives for `pid`, in MiB. `None` when
+/// the list's PIDs are not in our namespace (`comparable` false) or our entry's memory is
+/// unavailable; `Some(0.0)` when the list is comparable and we are not in it.
+fn attributed_mib(listed: &[(u32, Option<u64>)], pid: u32, comparable: bool) -> Option<f64> {
+    if !comparable {
+        return None;
+    }
+    let mut bytes = 0u64;
+    for (_, used) in listed.iter().filter(|(p, _)| *p == pid) {
+        bytes += (*used)?;
     }
     Some(bytes as f64 / (1024.0 * 1024.0))
 }
@@ -182,6 +216,52 @@ mod tests {
             return;
         }
         assert_eq!(GpuDetection::detect(), GpuDetection::default());
+    }
+
+    #[test]
+    fn our_entries_are_summed_when_the_pids_are_in_our_namespace() {
+        let mib = 1024 * 1024;
+        let listed = [
+            (7, Some(100 * mib)),
+            (8, Some(5 * mib)),
+            (7, Some(28 * mib)),
+        ];
+        assert_eq!(attributed_mib(&listed, 7, true), Some(128.0));
+        // Listed by a driver that sees our namespace, but not holding GPU memory: a real 0.
+        assert_eq!(attributed_mib(&listed, 9, true), Some(0.0));
+        assert_eq!(attributed_mib(&[], 9, true), Some(0.0));
+    }
+
+    #[test]
+    fn host_pids_seen_from_a_pod_are_unmeasured_not_zero() {
+        // A driver that lists host PIDs to a pod: nothing says which entry is ours, and a
+        // host process may even share our in-pod PID number.
+        let listed = [
+            (1, Some(64 * 1024 * 1024)),
+            (48_211, Some(512 * 1024 * 1024)),
+        ];
+        assert_eq!(attributed_mib(&listed, 1, false), None);
+        assert_eq!(attributed_mib(&[], 1, false), None);
+    }
+
+    #[test]
+    fn memory_nvml_cannot_read_for_us_is_unmeasured() {
+        let listed = [(7, Some(1024 * 1024)), (7, None)];
+        assert_eq!(attributed_mib(&listed, 7, true), None);
+        // Someone else's unreadable entry does not make ours unknown.
+        assert_eq!(
+            attributed_mib(&[(7, Some(1024 * 1024)), (8, None)], 7, true),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn the_initial_pid_namespace_is_recognised_by_its_fixed_inode() {
+        let link = std::fs::read_link("/proc/self/ns/pid").unwrap();
+        assert_eq!(
+            in_initial_pid_namespace(),
+            link.to_string_lossy() == INITIAL_PID_NAMESPACE
+        );
     }
 
     /// Without a driver there is no GPU memory to add to a measurement, and asking is no error.

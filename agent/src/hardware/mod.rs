@@ -229,7 +229,11 @@ impl Hardware {
     }
 
     /// Parses a machine description (see [`Hardware::from_file`]); the error is the reason.
-    fn from_json(text: &str) -> std::result::Result<Self, String> {
+    /// Public as the hardware file's fuzzing entry (`fuzz/fuzz_targets/hardware_file.rs`).
+    ///
+    /// # Errors
+    /// When `text` is not that JSON or describes an impossible machine.
+    pub fn from_json(text: &str) -> std::result::Result<Self, String> {
         let mut value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
         // Derived fields of `detect --output json`: dropped so that output round-trips, and so
         // that a hand-edited file cannot claim a class its hardware does not earn.
@@ -256,6 +260,14 @@ impl Hardware {
             return Err(
                 "cpu.physicalCores, cpu.logicalCpus and cpu.sockets must be at least 1".into(),
             );
+        }
+        // Found by fuzzing: a usableCpus of 1e155 made a cpu-usable label longer than 63
+        // characters. Detection never exceeds the logical CPUs (quota and CPU set both cap it).
+        if cpu.usable_cpus > f64::from(cpu.logical_cpus) {
+            return Err(format!(
+                "cpu.usableCpus ({}) exceeds cpu.logicalCpus ({})",
+                cpu.usable_cpus, cpu.logical_cpus
+            ));
         }
         if cpu.physical_cores > cpu.logical_cpus {
             return Err(format!(

@@ -19,13 +19,14 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use policyserve_crds::{
-    AgentEndpoint, Capacity, OptimizationProfile, SearchSpace, Served, Targets,
+    AgentEndpoint, Capacity, OptimizationProfile, OptimizationProfileStatus, SearchSpace, Served,
+    Targets,
 };
 use tokio::task::JoinHandle;
 
 use self::status::{StatusWriter, Tuned};
 use crate::engine::{Engine, EngineOptions, ModelFiles};
-use crate::fetch::Fetcher;
+use crate::fetch::{Fetcher, Retrying};
 use crate::registry::{ModelRegistry, Models, ServedModel};
 use crate::tuner::{self, sweep::SweepSettings};
 use crate::{Error, FIELD_MANAGER, Result};
@@ -297,7 +298,15 @@ impl ProfileServer {
     ) -> Result<ModelFiles> {
         let spec = &profile.spec;
         let namespace = profile.namespace().unwrap_or_default();
-        let files = self.fetcher.model(&namespace, model, &spec.model).await?;
+        // Transient failures (a ConfigMap created later, an HTTP 503) are retried with backoff
+        // until the profile changes; each failed attempt is reported as it happens.
+        let files = self
+            .fetcher
+            .model_with_retries(&namespace, model, &spec.model, |retry: &Retrying<'_>| {
+                writer.fetch_retrying(retry);
+                self.write_status(profile, writer.status.clone())
+            })
+            .await?;
         check_memory(&files, &spec.targets)?;
         let check = files.clone();
         let options = self.config.engine.clone();
@@ -436,21 +445,33 @@ impl ProfileServer {
     /// latency of an idle window) goes from the stored status too; a failure is logged, not
     /// fatal (the next write carries it all).
     async fn write(&self, profile: &OptimizationProfile, writer: &StatusWriter) {
+        self.write_status(profile, writer.status.clone()).await;
+    }
+
+    /// The write of `status` as a future that owns what it needs.
+    fn write_status(
+        &self,
+        profile: &OptimizationProfile,
+        status: OptimizationProfileStatus,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let api = Api::<OptimizationProfile>::namespaced(
             self.client.clone(),
             &profile.namespace().unwrap_or_default(),
         );
-        let patch = serde_json::json!({
-            "apiVersion": OptimizationProfile::api_version(&()),
-            "kind": OptimizationProfile::kind(&()),
-            "status": writer.status,
-        });
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        if let Err(e) = api
-            .patch_status(&profile.name_any(), &params, &Patch::Apply(&patch))
-            .await
-        {
-            tracing::warn!(profile = %profile.name_any(), "cannot write status: {e}");
+        let name = profile.name_any();
+        async move {
+            let patch = serde_json::json!({
+                "apiVersion": OptimizationProfile::api_version(&()),
+                "kind": OptimizationProfile::kind(&()),
+                "status": status,
+            });
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            if let Err(e) = api
+                .patch_status(&name, &params, &Patch::Apply(&patch))
+                .await
+            {
+                tracing::warn!(profile = %name, "cannot write status: {e}");
+            }
         }
     }
 }

@@ -157,6 +157,17 @@ impl StatusWriter {
         );
     }
 
+    /// A fetch attempt failed and will be retried: Loaded=False with the failure's reason and
+    /// the attempt count, so that a user sees a missing ConfigMap or a failing server at once.
+    pub fn fetch_retrying(&mut self, retry: &crate::fetch::Retrying<'_>) {
+        self.set(
+            LOADED,
+            status::FALSE,
+            load_failure_reason(retry.error),
+            retry.to_string(),
+        );
+    }
+
     /// The model loaded and fits the engine.
     pub fn loaded(&mut self) {
         self.set(

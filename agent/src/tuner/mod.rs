@@ -257,10 +257,12 @@ fn sweep_config(
     let engine = take_probe(loopback.registry, &probe)?;
     let result = result?;
     let mut capacity = result.capacity.unwrap_or_default();
-    capacity.memory_mib = before
+    let heap_mib = before
         .zip(after)
-        .map(|(before, after)| after.saturating_sub(before) as f64 / (1024.0 * 1024.0))
-        .map(|mib| round(mib + gpu_memory_mib(&effective), 1));
+        .map(|(before, after)| after.saturating_sub(before) as f64 / (1024.0 * 1024.0));
+    capacity.memory_mib = heap_mib
+        .zip(gpu_memory_mib(&effective))
+        .map(|(heap, gpu)| round(heap + gpu, 1));
     capacity.measured_at = Some(Time(jiff::Timestamp::now()));
     capacity.method = method(settings);
     Ok((
@@ -331,13 +333,13 @@ fn take_probe(registry: &ModelRegistry, name: &str) -> Result<Engine> {
     Err(Error::Config(format!("probe {name} is still in use")))
 }
 
-/// GPU memory this process holds when `config` runs on a GPU provider, else 0: no driver, or
-/// a CPU configuration, adds nothing.
-fn gpu_memory_mib(config: &EngineConfig) -> f64 {
+/// GPU memory this process holds when `config` runs on a GPU provider (`None` when the
+/// driver cannot say, which leaves the whole figure unmeasured); 0 for a CPU configuration.
+fn gpu_memory_mib(config: &EngineConfig) -> Option<f64> {
     if serves_on_gpu(config) {
-        crate::hardware::process_gpu_memory_mib().unwrap_or(0.0)
+        crate::hardware::process_gpu_memory_mib()
     } else {
-        0.0
+        Some(0.0)
     }
 }
 
@@ -482,6 +484,6 @@ mod tests {
             ExecutionProvider::TensorRT,
             ExecutionProvider::Cpu
         ])));
-        assert_eq!(gpu_memory_mib(&on(vec![ExecutionProvider::Cpu])), 0.0);
+        assert_eq!(gpu_memory_mib(&on(vec![ExecutionProvider::Cpu])), Some(0.0));
     }
 }

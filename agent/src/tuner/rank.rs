@@ -60,8 +60,9 @@ pub fn measure(engine: &Engine, settings: MeasureSettings) -> Result<Measurement
         latency_p95_ms: round(percentile(&latencies, 0.95), 4),
         latency_p99_ms: round(percentile(&latencies, 0.99), 4),
         throughput_rps: round(latencies.len() as f64 / elapsed.as_secs_f64(), 0),
+        // Ordering only: an unreadable figure counts as nothing here, never in a status.
         memory_mib: round(
-            peak_rss_mib().unwrap_or(0.0) + super::gpu_memory_mib(config),
+            peak_rss_mib().unwrap_or(0.0) + super::gpu_memory_mib(config).unwrap_or(0.0),
             1,
         ),
         measured_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
