@@ -130,6 +130,11 @@ pub struct RunArgs {
     /// operator treats a node whose Lease is older than 40 s as not serving.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub namespace: String,
+    /// Serve only the OptimizationProfiles of this namespace (the operator's `--namespace`);
+    /// by default every namespace's. The chart then grants the agent a Role in it instead of
+    /// cluster-wide reads of profiles and ConfigMaps.
+    #[arg(long, env = "POLICYSERVE_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
     /// Base folder of TensorRT engine caches; each GPU model, driver, ONNX Runtime and
     /// TensorRT version gets a folder of its own below it.
     #[arg(

@@ -64,6 +64,7 @@ pub async fn serve_node(
         drift_windows,
         drift_fraction,
         namespace,
+        watch_namespace,
         tensorrt_cache,
     } = args;
     runtime::environment(serving.ort.ort_lib.as_deref())?;
@@ -107,6 +108,7 @@ pub async fn serve_node(
             served_write: Duration::from_secs(served_write_seconds.max(1)),
             drift_windows,
             drift_fraction: drift_fraction.clamp(0.0, 1.0),
+            watch_namespace,
             engine,
         },
         Arc::clone(&registry),

@@ -143,6 +143,8 @@ fn helm_lint_is_clean_also_strict_and_with_every_option_on() -> Result<()> {
         "agent.gpu.enabled=true,agent.hostSys.enabled=true,metrics.serviceMonitor.enabled=true",
         "--set",
         "operator.replicas=2,operator.watchNamespace=robots,operator.nodeSelectorFilter=pool=inference",
+        "--set",
+        "networkPolicy.enabled=true,admissionPolicy.enabled=true",
     ])?;
     Ok(())
 }
@@ -248,7 +250,6 @@ fn rbac_names_every_resource_and_verb_without_wildcards() -> Result<()> {
         ("optimizationprofiles", "watch"),
         ("optimizationprofiles/status", "patch"),
         ("configmaps", "get"),
-        ("events", "create"),
     ] {
         assert!(
             has(&agent, resource, verb),
@@ -256,8 +257,13 @@ fn rbac_names_every_resource_and_verb_without_wildcards() -> Result<()> {
         );
     }
     // The agent reads profiles and writes only their status; it never writes secrets, specs or
-    // other objects.
+    // other objects, and asks for nothing its code does not call.
     for (resource, verb) in [
+        ("nodes", "list"),
+        ("nodes", "watch"),
+        ("configmaps", "list"),
+        ("configmaps", "watch"),
+        ("events", "create"),
         ("optimizationprofiles", "create"),
         ("optimizationprofiles", "patch"),
         ("optimizationprofiles", "delete"),
@@ -480,11 +486,15 @@ async fn rendered_manifests_pass_a_server_side_dry_run() -> Result<()> {
     let client = client().await?;
     let version = server_version(&client).await?;
     let namespace = test_namespace(&client, "chart-dry-run").await?;
+    // The namespaced Roles of watchNamespace need the namespace to exist: watch the test's own.
+    let narrowed = format!(
+        "agent.gpu.enabled=true,agent.hostSys.enabled=true,operator.replicas=2,\
+         operator.watchNamespace={namespace},operator.nodeSelectorFilter=pool=inference,\
+         agent.probes.type=tcp,networkPolicy.enabled=true"
+    );
     for values in [
         "",
-        "agent.gpu.enabled=true,agent.hostSys.enabled=true,operator.replicas=2,\
-         operator.watchNamespace=robots,operator.nodeSelectorFilter=pool=inference,\
-         agent.probes.type=tcp",
+        narrowed.as_str(),
         "rbac.create=false,operator.serviceAccount.create=false,agent.serviceAccount.create=false,\
          metrics.service.enabled=false,operator.leaderElection.enabled=false",
     ] {
@@ -623,5 +633,313 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart_on_the_apiserver() -> R
     for crd in CRDS {
         assert!(exists(&crds, crd).await?, "CRD {crd} removed by uninstall");
     }
+    Ok(())
+}
+
+/// (resource, verb) pairs a rendered Role or ClusterRole grants.
+fn grants_of(role: &Value) -> BTreeSet<(String, String)> {
+    let mut grants = BTreeSet::new();
+    for rule in role["rules"].as_array().into_iter().flatten() {
+        for resource in rule["resources"].as_array().into_iter().flatten() {
+            for verb in rule["verbs"].as_array().into_iter().flatten() {
+                let pair = (resource.as_str(), verb.as_str());
+                if let (Some(resource), Some(verb)) = pair {
+                    grants.insert((resource.to_owned(), verb.to_owned()));
+                }
+            }
+        }
+    }
+    grants
+}
+
+#[test]
+fn with_a_watch_namespace_only_nodes_stay_cluster_wide() -> Result<()> {
+    let rendered = objects(&template(
+        "narrow",
+        "policyserve-system",
+        &["--set", "operator.watchNamespace=robots"],
+    )?)?;
+    let role = |kind: &str, name: &str| -> Result<&Value> {
+        of_kind(&rendered, kind)
+            .into_iter()
+            .find(|r| name_of(r) == name)
+            .with_context(|| format!("no {kind} {name}"))
+    };
+    let pairs = |pairs: &[(&str, &str)]| -> BTreeSet<(String, String)> {
+        pairs
+            .iter()
+            .map(|(r, v)| ((*r).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        grants_of(role("ClusterRole", "narrow-policyserve-agent")?),
+        pairs(&[("nodes", "get"), ("nodes", "patch")])
+    );
+    assert_eq!(
+        grants_of(role("ClusterRole", "narrow-policyserve-operator")?),
+        pairs(&[("nodes", "get"), ("nodes", "list"), ("nodes", "watch")])
+    );
+    for name in ["narrow-policyserve-agent", "narrow-policyserve-operator"] {
+        let namespaced = role("Role", name)?;
+        assert_eq!(namespaced["metadata"]["namespace"], "robots", "{name}");
+        let binding = of_kind(&rendered, "RoleBinding")
+            .into_iter()
+            .find(|b| name_of(b) == name)
+            .with_context(|| format!("no RoleBinding {name}"))?;
+        assert_eq!(binding["metadata"]["namespace"], "robots");
+        assert_eq!(binding["subjects"][0]["namespace"], "policyserve-system");
+    }
+    let agent = grants_of(role("Role", "narrow-policyserve-agent")?);
+    assert!(agent.contains(&("optimizationprofiles".into(), "watch".into())));
+    assert!(agent.contains(&("configmaps".into(), "get".into())));
+    let operator = grants_of(role("Role", "narrow-policyserve-operator")?);
+    for resource in [
+        "services",
+        "endpointslices",
+        "endpoints",
+        "optimizationprofiles",
+    ] {
+        assert!(
+            operator.contains(&(resource.into(), "create".into())),
+            "{resource}"
+        );
+    }
+    // The agents watch only where the operator plans.
+    let daemonset = of_kind(&rendered, "DaemonSet")[0];
+    let env = daemonset["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .context("env")?;
+    assert!(
+        env.iter()
+            .any(|e| e["name"] == "POLICYSERVE_WATCH_NAMESPACE" && e["value"] == "robots"),
+        "{env:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn network_policies_admit_only_the_served_ports_when_enabled() -> Result<()> {
+    let off = objects(&template("np", "policyserve-system", &[])?)?;
+    assert!(of_kind(&off, "NetworkPolicy").is_empty());
+    let rendered = objects(&template(
+        "np",
+        "policyserve-system",
+        &[
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set-json",
+            r#"networkPolicy.grpcFrom=[{"namespaceSelector":{"matchLabels":{"team":"robots"}}}]"#,
+        ],
+    )?)?;
+    let policies = of_kind(&rendered, "NetworkPolicy");
+    let ports = |name: &str| -> Vec<(u64, bool)> {
+        let policy = policies.iter().find(|p| name_of(p) == name).unwrap();
+        assert_eq!(
+            policy["spec"]["policyTypes"],
+            serde_json::json!(["Ingress"])
+        );
+        policy["spec"]["ingress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|rule| {
+                let port = rule["ports"][0]["port"].as_u64().unwrap();
+                (port, rule.get("from").is_some())
+            })
+            .collect()
+    };
+    // gRPC only from the peers given; metrics from anyone, since none were given.
+    assert_eq!(ports("np-policyserve-agent"), [(8001, true), (8002, false)]);
+    assert_eq!(ports("np-policyserve-operator"), [(8080, false)]);
+    Ok(())
+}
+
+#[test]
+fn admission_policies_spell_the_agent_and_operator_contracts() -> Result<()> {
+    let off = objects(&template("vap", "policyserve-system", &[])?)?;
+    assert!(of_kind(&off, "ValidatingAdmissionPolicy").is_empty());
+    let rendered = objects(&template(
+        "vap",
+        "policyserve-system",
+        &["--set", "admissionPolicy.enabled=true"],
+    )?)?;
+    let policies = of_kind(&rendered, "ValidatingAdmissionPolicy");
+    let bindings = of_kind(&rendered, "ValidatingAdmissionPolicyBinding");
+    assert_eq!(policies.len(), 2);
+    for policy in &policies {
+        let binding = bindings
+            .iter()
+            .find(|b| b["spec"]["policyName"] == name_of(policy))
+            .with_context(|| format!("no binding for {}", name_of(policy)))?;
+        assert_eq!(
+            binding["spec"]["validationActions"],
+            serde_json::json!(["Deny"])
+        );
+        assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+    }
+    let text = |name: &str| -> String {
+        let policy = policies.iter().find(|p| name_of(p) == name).unwrap();
+        serde_json::to_string(&policy["spec"]).unwrap()
+    };
+    // The keys the policies allow are the ones the code writes: spelled once in the crates,
+    // checked here against the chart's copy.
+    let agent = text("vap-policyserve-agent-own-node");
+    for needle in [
+        "system:serviceaccount:policyserve-system:vap-policyserve-agent",
+        "authentication.kubernetes.io/node-name",
+        policyserve_crds::labels::CAPABILITY_LABEL_PREFIX,
+        policyserve_crds::labels::HARDWARE_CLASS_LABEL,
+        policyserve_crds::HARDWARE_ANNOTATION,
+    ] {
+        assert!(
+            agent.contains(needle),
+            "agent policy lacks {needle}: {agent}"
+        );
+    }
+    let operator = text("vap-policyserve-operator-own-services");
+    for needle in [
+        "system:serviceaccount:policyserve-system:vap-policyserve-operator",
+        &format!(
+            "'app.kubernetes.io/managed-by'] == '{}'",
+            policyserve_operator::FIELD_MANAGER
+        ),
+    ] {
+        assert!(
+            operator.contains(needle),
+            "operator policy lacks {needle}: {operator}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_test_apiserver_cannot_check_admission_policies() -> Result<()> {
+    // Kubernetes 1.20 has no admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy: the
+    // policies are rendered and read above, and can be dry-run only on 1.30+ clusters.
+    let client = client().await?;
+    let namespace = test_namespace(&client, "chart-vap").await?;
+    let rendered = template(
+        &unique_name("vap"),
+        &namespace,
+        &[
+            "--set",
+            "admissionPolicy.enabled=true",
+            "-s",
+            "templates/admission-policy.yaml",
+        ],
+    )?;
+    let refused = exec(
+        "kubectl",
+        &["apply", "--dry-run=server", "-f", "-"],
+        Some(&rendered),
+    )?;
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("no matches for kind \"ValidatingAdmissionPolicy\""),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_apiserver_grants_exactly_the_narrowed_rbac() -> Result<()> {
+    let client = client().await?;
+    let release_ns = test_namespace(&client, "chart-rbac").await?;
+    let watched = test_namespace(&client, "chart-rbac-watched").await?;
+    let release = unique_name("rbac");
+    let rendered = template(
+        &release,
+        &release_ns,
+        &[
+            "--set",
+            &format!("operator.watchNamespace={watched}"),
+            "-s",
+            "templates/agent-rbac.yaml",
+            "-s",
+            "templates/operator-rbac.yaml",
+        ],
+    )?;
+    ok("kubectl", &["apply", "-f", "-"], Some(&rendered))?;
+    // What the RBAC authorizer answers each ServiceAccount: the grants, not the YAML.
+    let can = |who: &str, verb: &str, resource: &str, namespace: Option<&str>| -> Result<bool> {
+        let user = format!("--as=system:serviceaccount:{release_ns}:{release}-policyserve-{who}");
+        let mut args = vec!["auth", "can-i", verb, resource, user.as_str()];
+        if let Some(namespace) = namespace {
+            args.extend(["-n", namespace]);
+        }
+        Ok(exec("kubectl", &args, None)?.status.success())
+    };
+    let other = Some("default");
+    let checks: [(&str, &str, &str, Option<&str>, bool); 16] = [
+        ("agent", "get", "configmaps", Some(&watched), true),
+        ("agent", "get", "configmaps", other, false),
+        ("agent", "list", "configmaps", Some(&watched), false),
+        (
+            "agent",
+            "watch",
+            "optimizationprofiles.policyserve.io",
+            Some(&watched),
+            true,
+        ),
+        (
+            "agent",
+            "watch",
+            "optimizationprofiles.policyserve.io",
+            other,
+            false,
+        ),
+        ("agent", "patch", "nodes", None, true),
+        ("agent", "list", "nodes", None, false),
+        (
+            "agent",
+            "create",
+            "leases.coordination.k8s.io",
+            Some(&release_ns),
+            true,
+        ),
+        (
+            "agent",
+            "create",
+            "leases.coordination.k8s.io",
+            Some(&watched),
+            false,
+        ),
+        ("operator", "create", "services", Some(&watched), true),
+        ("operator", "create", "services", other, false),
+        (
+            "operator",
+            "create",
+            "endpointslices.discovery.k8s.io",
+            other,
+            false,
+        ),
+        (
+            "operator",
+            "patch",
+            "policyservices.policyserve.io",
+            Some(&watched),
+            true,
+        ),
+        (
+            "operator",
+            "list",
+            "policyservices.policyserve.io",
+            other,
+            false,
+        ),
+        ("operator", "watch", "nodes", None, true),
+        ("operator", "patch", "nodes", None, false),
+    ];
+    let mut wrong = Vec::new();
+    for (who, verb, resource, namespace, expected) in checks {
+        if can(who, verb, resource, namespace)? != expected {
+            wrong.push(format!(
+                "{who} {verb} {resource} in {namespace:?}: expected {expected}"
+            ));
+        }
+    }
+    ok("kubectl", &["delete", "-f", "-"], Some(&rendered))?;
+    assert!(wrong.is_empty(), "{wrong:#?}");
     Ok(())
 }

@@ -53,6 +53,8 @@ pub struct ProfileServerConfig {
     pub drift_windows: u32,
     /// Re-tune when a probe finds capacity lower than recorded by more than this fraction.
     pub drift_fraction: f64,
+    /// The one namespace whose profiles this agent serves; every namespace's when `None`.
+    pub watch_namespace: Option<String>,
     /// Engine settings that are not tuned.
     pub engine: EngineOptions,
 }
@@ -116,7 +118,12 @@ impl ProfileServer {
     /// Watches and serves until the watch ends (it retries with backoff, so in practice until
     /// the task is dropped).
     pub async fn run(self: Arc<Self>) {
-        let api = Api::<OptimizationProfile>::all(self.client.clone());
+        let api = match &self.config.watch_namespace {
+            Some(namespace) => {
+                Api::<OptimizationProfile>::namespaced(self.client.clone(), namespace)
+            }
+            None => Api::<OptimizationProfile>::all(self.client.clone()),
+        };
         let selector = format!("{}={}", policyserve_crds::NODE_LABEL, self.config.node);
         let (store, writer) = reflector::store();
         // Every event, not only touched objects: after a restart the profiles arrive in the

@@ -88,3 +88,46 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $type := .Values.agent.probes.type }}
 {{- if or (eq $type "grpc") (and (eq $type "auto") (semverCompare ">=1.24.0-0" .Capabilities.KubeVersion.Version)) }}true{{ end }}
 {{- end }}
+
+{{/* The agent's rules on namespaced objects: a ClusterRole's, or a Role's in watchNamespace. */}}
+{{- define "policyserve.agent.namespacedRules" -}}
+- apiGroups: ["policyserve.io"]
+  resources: ["optimizationprofiles"]
+  verbs: ["get", "list", "watch"]
+# Server-side apply of the status the agent owns.
+- apiGroups: ["policyserve.io"]
+  resources: ["optimizationprofiles/status"]
+  verbs: ["patch"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get"]
+{{- end }}
+
+{{/* The operator's rules on namespaced objects: a ClusterRole's, or a Role's in watchNamespace. */}}
+{{- define "policyserve.operator.namespacedRules" -}}
+- apiGroups: ["policyserve.io"]
+  resources: ["policyservices"]
+  verbs: ["get", "list", "watch", "patch", "update"]
+- apiGroups: ["policyserve.io"]
+  resources: ["policyservices/status"]
+  verbs: ["get", "patch", "update"]
+# Owner references with blockOwnerDeletion on the profiles need update on finalizers.
+- apiGroups: ["policyserve.io"]
+  resources: ["policyservices/finalizers"]
+  verbs: ["update"]
+- apiGroups: ["policyserve.io"]
+  resources: ["optimizationprofiles"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete", "deletecollection"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: [""]
+  resources: ["endpoints"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
