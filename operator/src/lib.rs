@@ -17,8 +17,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 pub use args::Args;
 pub use controller::{
-    ControllerConfig, EndpointsApi, FIELD_MANAGER, FINALIZER, Invalid, run_controller,
-    service_name, validate,
+    ControllerConfig, EndpointsApi, FIELD_MANAGER, FINALIZER, Invalid, Validated, run_controller,
+    service_name, validate, validate_spec,
 };
 pub use error::{Error, Result};
 pub use metrics::Metrics;

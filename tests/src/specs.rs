@@ -129,7 +129,7 @@ pub fn invalid_policy_services() -> Vec<InvalidCase> {
 pub fn operator_verdict(object: &Value) -> Result<(), String> {
     let spec: PolicyServiceSpec = serde_path_to_error::deserialize(&object["spec"])
         .map_err(|e| format!("{}: {}", field_of(&e), e.inner()))?;
-    policyserve_operator::validate(&spec).map_err(|invalid| invalid.to_string())
+    policyserve_operator::validate_spec(&spec).map_err(|invalid| invalid.to_string())
 }
 
 /// `spec.<path>` of a deserialization error; a missing field is named by serde only in its

@@ -871,7 +871,7 @@ async fn the_apiserver_grants_exactly_the_narrowed_rbac() -> Result<()> {
         Ok(exec("kubectl", &args, None)?.status.success())
     };
     let other = Some("default");
-    let checks: [(&str, &str, &str, Option<&str>, bool); 16] = [
+    let checks: [(&str, &str, &str, Option<&str>, bool); 17] = [
         ("agent", "get", "configmaps", Some(&watched), true),
         ("agent", "get", "configmaps", other, false),
         ("agent", "list", "configmaps", Some(&watched), false),
@@ -907,6 +907,14 @@ async fn the_apiserver_grants_exactly_the_narrowed_rbac() -> Result<()> {
         ),
         ("operator", "create", "services", Some(&watched), true),
         ("operator", "create", "services", other, false),
+        // The finalizer deletes a PolicyService's slices by label, in one call.
+        (
+            "operator",
+            "deletecollection",
+            "endpointslices.discovery.k8s.io",
+            Some(&watched),
+            true,
+        ),
         (
             "operator",
             "create",

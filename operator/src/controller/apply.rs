@@ -17,6 +17,7 @@ use super::desired::Plan;
 use super::service::{
     EndpointObjects, EndpointsApi, Published, SLICE_MANAGED_BY_LABEL, SLICE_MANAGER,
 };
+use super::validate::Validated;
 use crate::{Error, Result};
 
 /// The field manager of everything the operator writes.
@@ -48,6 +49,7 @@ fn up_to_date(observed: &OptimizationProfile, desired: &OptimizationProfile) -> 
 /// When the apiserver refuses an apply.
 pub async fn apply_profiles(
     client: &Client,
+    ps: &Validated<'_>,
     plan: &Plan,
     owned: &[Arc<OptimizationProfile>],
 ) -> Result<usize> {
@@ -61,10 +63,8 @@ pub async fn apply_profiles(
         {
             continue;
         }
-        let namespace = desired
-            .namespace()
-            .ok_or(Error::MissingField("metadata.namespace"))?;
-        Api::<OptimizationProfile>::namespaced(client.clone(), &namespace)
+        let namespace = ps.namespace;
+        Api::<OptimizationProfile>::namespaced(client.clone(), namespace)
             .patch(&name, &apply_params(), &Patch::Apply(desired))
             .await
             .map_err(Error::kube(format!(
@@ -81,6 +81,7 @@ pub async fn apply_profiles(
 /// When a delete fails for another reason than the profile being gone already.
 pub async fn delete_surplus(
     client: &Client,
+    ps: &Validated<'_>,
     plan: &Plan,
     owned: &[Arc<OptimizationProfile>],
 ) -> Result<usize> {
@@ -94,10 +95,9 @@ pub async fn delete_surplus(
         {
             continue;
         }
-        let namespace = profile
-            .namespace()
-            .ok_or(Error::MissingField("metadata.namespace"))?;
-        match Api::<OptimizationProfile>::namespaced(client.clone(), &namespace)
+        // Owned profiles are observed in the PolicyService's namespace.
+        let namespace = ps.namespace;
+        match Api::<OptimizationProfile>::namespaced(client.clone(), namespace)
             .delete(&name, &DeleteParams::default())
             .await
         {
@@ -182,18 +182,6 @@ pub async fn detect_endpoints_api(client: &Client) -> Result<EndpointsApi> {
     }
 }
 
-fn namespace_of(meta: &kube::api::ObjectMeta) -> Result<&str> {
-    meta.namespace
-        .as_deref()
-        .ok_or(Error::MissingField("metadata.namespace"))
-}
-
-fn name_of(meta: &kube::api::ObjectMeta) -> Result<&str> {
-    meta.name
-        .as_deref()
-        .ok_or(Error::MissingField("metadata.name"))
-}
-
 /// Applies the Service and its endpoints, and deletes EndpointSlices of this PolicyService that
 /// are no longer wanted (an address family or port that no agent uses any more).
 ///
@@ -201,11 +189,11 @@ fn name_of(meta: &kube::api::ObjectMeta) -> Result<&str> {
 /// When the apiserver refuses an apply, a list or a delete.
 pub async fn apply_published(
     client: &Client,
-    policy_service: &str,
+    ps: &Validated<'_>,
     published: &Published,
 ) -> Result<()> {
-    let meta = &published.service.metadata;
-    let (namespace, name) = (namespace_of(meta)?, name_of(meta)?);
+    let (namespace, policy_service) = (ps.namespace, ps.name);
+    let name = &published.service.name_any();
     let services = Api::<Service>::namespaced(client.clone(), namespace);
     let (params, patch) = (apply_params(), Patch::Apply(&published.service));
     let apply = || services.patch(name, &params, &patch);
@@ -225,7 +213,7 @@ pub async fn apply_published(
     .map_err(Error::kube(format!("apply Service {namespace}/{name}")))?;
     match &published.endpoints {
         EndpointObjects::Endpoints(endpoints) => {
-            let name = name_of(&endpoints.metadata)?;
+            let name = &endpoints.name_any();
             Api::<Endpoints>::namespaced(client.clone(), namespace)
                 .patch(name, &apply_params(), &Patch::Apply(endpoints.as_ref()))
                 .await
@@ -234,7 +222,7 @@ pub async fn apply_published(
         EndpointObjects::Slices(slices) => {
             let api = Api::<EndpointSlice>::namespaced(client.clone(), namespace);
             for slice in slices {
-                let name = name_of(&slice.metadata)?;
+                let name = &slice.name_any();
                 api.patch(name, &apply_params(), &Patch::Apply(slice))
                     .await
                     .map_err(Error::kube(format!(
@@ -252,7 +240,7 @@ pub async fn apply_published(
                     .iter()
                     .any(|wanted| wanted.metadata.name == s.metadata.name)
             }) {
-                let name = name_of(&stale.metadata)?;
+                let name = &stale.name_any();
                 delete_ignoring_absent(&api, name, &format!("EndpointSlice {namespace}/{name}"))
                     .await?;
             }

@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use kube::{Resource, ResourceExt};
 use policyserve_crds::conditions::{self, SERVING};
 use policyserve_crds::{
     ExecutionProvider, HardwareClass, NODE_LABEL, OptimizationProfile, OptimizationProfileSpec,
@@ -19,7 +18,7 @@ use super::observe::Observed;
 use super::placement;
 use super::scaling::{self, History, ScalingDecision, ScalingInput};
 use super::selector;
-use crate::{Error, Result};
+use super::validate::Validated;
 
 /// Operator-wide settings that shape every plan.
 #[derive(Clone, Debug, PartialEq)]
@@ -71,35 +70,27 @@ pub struct Plan {
     pub assignments: Vec<Assignment>,
 }
 
-/// Plans a PolicyService (whose spec passed validation) onto `nodes`, given the profiles it
-/// already owns. Updates the scaling `history`.
-///
-/// # Errors
-/// [`Error::MissingField`] when the PolicyService lacks a name, namespace or uid.
+/// Plans a validated PolicyService onto `nodes`, given the profiles it already owns. Updates
+/// the scaling `history`.
 pub fn plan(
-    ps: &PolicyService,
+    validated: &Validated,
     observed: &Observed,
     history: &mut History,
     settings: &Settings,
     now: Timestamp,
-) -> Result<Plan> {
+) -> Plan {
     let Observed {
         nodes,
         owned,
         liveness,
         measured,
     } = observed;
-    let name = ps
-        .metadata
-        .name
-        .clone()
-        .ok_or(Error::MissingField("metadata.name"))?;
-    let namespace = ps
-        .namespace()
-        .ok_or(Error::MissingField("metadata.namespace"))?;
-    let owner = ps
-        .controller_owner_ref(&())
-        .ok_or(Error::MissingField("metadata.uid"))?;
+    let Validated {
+        ps,
+        name,
+        namespace,
+        owner,
+    } = validated;
     let spec = &ps.spec;
     let by_node: HashMap<&str, &OptimizationProfile> = owned
         .iter()
@@ -161,9 +152,9 @@ pub fn plan(
             capacity.variants = variants.clone();
             let search_space = narrow(profile.search_space(&capacity), spec.tuning.as_ref());
             let mut object = OptimizationProfile::new(
-                &optimization_profile_name(&name, &node.name),
+                &optimization_profile_name(name, &node.name),
                 OptimizationProfileSpec {
-                    policy_service: name.clone(),
+                    policy_service: (*name).to_owned(),
                     node_name: node.name.clone(),
                     hardware_class: *class,
                     profile,
@@ -173,10 +164,10 @@ pub fn plan(
                     tuning_budget_seconds: settings.tuning_budget_seconds,
                 },
             );
-            object.metadata.namespace = Some(namespace.clone());
+            object.metadata.namespace = Some((*namespace).to_owned());
             object.metadata.labels = Some(BTreeMap::from([
                 (NODE_LABEL.to_owned(), node.name.clone()),
-                (POLICY_SERVICE_LABEL.to_owned(), name.clone()),
+                (POLICY_SERVICE_LABEL.to_owned(), (*name).to_owned()),
             ]));
             object.metadata.owner_references = Some(vec![owner.clone()]);
             Assignment {
@@ -189,14 +180,14 @@ pub fn plan(
         })
         .collect();
 
-    Ok(Plan {
+    Plan {
         considered: nodes.len(),
         eligible: ranked.len(),
         unselected,
         excluded,
         scaling,
         assignments,
-    })
+    }
 }
 
 /// Whether the agent reports the profile Serving (it may have died since: see
@@ -310,6 +301,7 @@ fn narrow(mut space: SearchSpace, pins: Option<&TuningPins>) -> SearchSpace {
 mod tests {
     use super::*;
     use crate::controller::fixtures::{NodeBuilder, PolicyServiceBuilder, ProfileBuilder};
+    use crate::controller::validate;
     use policyserve_crds::ProfileSelection;
 
     fn settings() -> Settings {
@@ -329,13 +321,12 @@ mod tests {
             owned,
         };
         plan(
-            ps,
+            &validate(ps).unwrap(),
             &observed,
             &mut History::default(),
             &settings(),
             Timestamp::UNIX_EPOCH,
         )
-        .unwrap()
     }
 
     fn gpu() -> NodeFacts {

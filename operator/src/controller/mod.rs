@@ -40,7 +40,7 @@ use policyserve_crds::{
 pub use apply::FIELD_MANAGER;
 pub use service::{EndpointsApi, service_name};
 pub use status::reasons;
-pub use validate::{Invalid, validate};
+pub use validate::{Invalid, Validated, validate, validate_spec};
 
 use crate::metrics::Metrics;
 use crate::{Error, Result};
@@ -327,14 +327,17 @@ async fn apply(ps: &PolicyService, ctx: &Context) -> Result<Action> {
     let time = Time(now);
     let previous = ps.status.clone();
 
-    if let Err(invalid) = validate::validate(&ps.spec) {
-        let status = status::invalid(ps, &invalid, &time);
-        publish(ps, previous.as_ref(), &status, ctx).await?;
-        return Err(Error::InvalidSpec {
-            field: invalid.field,
-            message: invalid.message,
-        });
-    }
+    let validated = match validate::validate(ps) {
+        Ok(validated) => validated,
+        Err(invalid) => {
+            let status = status::invalid(ps, &invalid, &time);
+            publish(ps, previous.as_ref(), &status, ctx).await?;
+            return Err(Error::InvalidSpec {
+                field: invalid.field,
+                message: invalid.message,
+            });
+        }
+    };
 
     let observed = observe::observe(ps, &ctx.nodes, &ctx.profiles, &ctx.leases, now);
     let key = ObjectRef::from_obj(ps);
@@ -352,12 +355,11 @@ async fn apply(ps: &PolicyService, ctx: &Context) -> Result<Action> {
         tuning_budget_seconds: ctx.config.tuning_budget_seconds,
         stabilization_window: ctx.config.scale_down_stabilization,
     };
-    let plan = desired::plan(ps, &observed, &mut history, &settings, now);
+    let plan = desired::plan(&validated, &observed, &mut history, &settings, now);
     lock(&ctx.history).insert(key.clone(), history);
-    let plan = plan?;
 
-    let applied = apply::apply_profiles(&ctx.client, &plan, &observed.owned).await?;
-    let deleted = apply::delete_surplus(&ctx.client, &plan, &observed.owned).await?;
+    let applied = apply::apply_profiles(&ctx.client, &validated, &plan, &observed.owned).await?;
+    let deleted = apply::delete_surplus(&ctx.client, &validated, &plan, &observed.owned).await?;
     if applied + deleted > 0 {
         tracing::info!(
             policy_service = %key,
@@ -371,7 +373,7 @@ async fn apply(ps: &PolicyService, ctx: &Context) -> Result<Action> {
     publish(ps, previous.as_ref(), &status, ctx).await?;
     // After the status, so that a refused Service or endpoints write (retried with backoff)
     // does not hold back what the agents reported.
-    publish_endpoints(ps, &plan, &observed.owned, &observed.liveness, ctx).await?;
+    publish_endpoints(&validated, &plan, &observed.owned, &observed.liveness, ctx).await?;
 
     // No event says that an agent stopped, or that a scale-down window ended: look again
     // then (a second late, so the Lease is past its timeout).
@@ -392,7 +394,7 @@ async fn apply(ps: &PolicyService, ctx: &Context) -> Result<Action> {
 /// Applies the Service and the endpoints of the planned nodes whose agents serve, unless the
 /// same objects were applied within the resync interval.
 async fn publish_endpoints(
-    ps: &PolicyService,
+    validated: &Validated<'_>,
     plan: &desired::Plan,
     owned: &[Arc<OptimizationProfile>],
     liveness: &liveness::Liveness,
@@ -400,8 +402,8 @@ async fn publish_endpoints(
 ) -> Result<()> {
     let planned: Vec<&str> = plan.assignments.iter().map(|a| a.node.as_str()).collect();
     let backends = service::backends(owned.iter().map(AsRef::as_ref), &planned, liveness);
-    let published = service::published(ps, &backends, ctx.endpoints_api)?;
-    let key = ObjectRef::from_obj(ps);
+    let published = service::published(validated, &backends, ctx.endpoints_api);
+    let key = ObjectRef::from_obj(validated.ps);
     let fresh = lock(&ctx.published)
         .get(&key)
         .is_some_and(|(last, at)| *last == published && at.elapsed() < ctx.config.resync_interval);
@@ -410,7 +412,7 @@ async fn publish_endpoints(
     }
     // Forget first: after a failed apply the next reconcile must apply again.
     lock(&ctx.published).remove(&key);
-    apply::apply_published(&ctx.client, &ps.name_any(), &published).await?;
+    apply::apply_published(&ctx.client, validated, &published).await?;
     tracing::debug!(
         policy_service = %key,
         backends = backends.len(),

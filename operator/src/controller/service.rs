@@ -16,15 +16,14 @@ use k8s_openapi::api::core::v1::{
     ServicePort, ServiceSpec,
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::{Resource, ResourceExt};
-use policyserve_crds::{AGENT_GRPC_PORT, OptimizationProfile, POLICY_SERVICE_LABEL, PolicyService};
+use policyserve_crds::{AGENT_GRPC_PORT, OptimizationProfile, POLICY_SERVICE_LABEL};
 
 use super::apply::FIELD_MANAGER;
 use super::desired::is_serving;
 use super::liveness::Liveness;
-use crate::{Error, Result};
+use super::validate::Validated;
 
 /// `app.kubernetes.io/managed-by` on the Service and its endpoints.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -161,41 +160,27 @@ fn publishable(ip: &IpAddr) -> bool {
 
 /// The Service, its endpoints in the form `api` names, for a PolicyService and its serving
 /// agents.
-///
-/// # Errors
-/// [`Error::MissingField`] when the PolicyService lacks a name, namespace or uid.
-pub fn published(ps: &PolicyService, backends: &[Backend], api: EndpointsApi) -> Result<Published> {
-    let service = service(ps)?;
+pub fn published(ps: &Validated, backends: &[Backend], api: EndpointsApi) -> Published {
+    let service = service(ps);
     let endpoints = match api {
-        EndpointsApi::EndpointSlice => EndpointObjects::Slices(endpoint_slices(ps, backends)?),
-        EndpointsApi::Endpoints => EndpointObjects::Endpoints(Box::new(endpoints(ps, backends)?)),
+        EndpointsApi::EndpointSlice => EndpointObjects::Slices(endpoint_slices(ps, backends)),
+        EndpointsApi::Endpoints => EndpointObjects::Endpoints(Box::new(endpoints(ps, backends))),
     };
-    Ok(Published { service, endpoints })
+    Published { service, endpoints }
 }
 
 /// Name, namespace, labels and controller owner reference shared by all three kinds.
-fn metadata(ps: &PolicyService, name: String) -> Result<ObjectMeta> {
-    let owner: OwnerReference = ps
-        .controller_owner_ref(&())
-        .ok_or(Error::MissingField("metadata.uid"))?;
-    let namespace = ps
-        .namespace()
-        .ok_or(Error::MissingField("metadata.namespace"))?;
-    let ps_name = ps
-        .metadata
-        .name
-        .clone()
-        .ok_or(Error::MissingField("metadata.name"))?;
-    Ok(ObjectMeta {
+fn metadata(ps: &Validated, name: String) -> ObjectMeta {
+    ObjectMeta {
         name: Some(name),
-        namespace: Some(namespace),
+        namespace: Some(ps.namespace.to_owned()),
         labels: Some(BTreeMap::from([
             (MANAGED_BY_LABEL.to_owned(), FIELD_MANAGER.to_owned()),
-            (POLICY_SERVICE_LABEL.to_owned(), ps_name),
+            (POLICY_SERVICE_LABEL.to_owned(), ps.name.to_owned()),
         ])),
-        owner_references: Some(vec![owner]),
+        owner_references: Some(vec![ps.owner.clone()]),
         ..ObjectMeta::default()
-    })
+    }
 }
 
 /// The selector-less headless Service `service_name(<policyservice>)`, port `grpc` 8001.
@@ -205,13 +190,10 @@ fn metadata(ps: &PolicyService, name: String) -> Result<ObjectMeta> {
 /// agent gets all of a client's requests), while a client resolving the agents balances each
 /// request (gRPC's `round_robin`). It also takes no address from the cluster's Service range,
 /// which 1,000 PolicyServices exhausted on the test cluster's /24.
-///
-/// # Errors
-/// [`Error::MissingField`] when the PolicyService lacks a name, namespace or uid.
-pub fn service(ps: &PolicyService) -> Result<Service> {
+pub fn service(ps: &Validated) -> Service {
     let port = i32::from(AGENT_GRPC_PORT);
-    Ok(Service {
-        metadata: metadata(ps, service_name(&ps.name_any()))?,
+    Service {
+        metadata: metadata(ps, service_name(ps.name)),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
             cluster_ip: Some(HEADLESS.into()),
@@ -233,7 +215,7 @@ pub fn service(ps: &PolicyService) -> Result<Service> {
             ..ServiceSpec::default()
         }),
         status: None,
-    })
+    }
 }
 
 fn family(ip: &IpAddr) -> &'static str {
@@ -246,11 +228,8 @@ fn family(ip: &IpAddr) -> &'static str {
 /// The EndpointSlices: one per (address family, port) among the backends, named
 /// `<service>-policyserve-<ipv4|ipv6>-<port>`; with no backend, one empty IPv4 slice on the
 /// agents' port, so the Service's slice exists (and says "no endpoints") from the start.
-///
-/// # Errors
-/// [`Error::MissingField`] when the PolicyService lacks a name, namespace or uid.
-pub fn endpoint_slices(ps: &PolicyService, backends: &[Backend]) -> Result<Vec<EndpointSlice>> {
-    let service = service_name(&ps.name_any());
+pub fn endpoint_slices(ps: &Validated, backends: &[Backend]) -> Vec<EndpointSlice> {
+    let service = service_name(ps.name);
     let mut groups: BTreeMap<(&'static str, i32), Vec<&Backend>> = BTreeMap::new();
     for backend in backends {
         groups
@@ -268,11 +247,11 @@ pub fn endpoint_slices(ps: &PolicyService, backends: &[Backend]) -> Result<Vec<E
                 "{service}-policyserve-{}-{port}",
                 family.to_ascii_lowercase()
             );
-            let mut metadata = metadata(ps, name)?;
+            let mut metadata = metadata(ps, name);
             let labels = metadata.labels.get_or_insert_with(BTreeMap::new);
             labels.insert(SERVICE_NAME_LABEL.to_owned(), service.clone());
             labels.insert(SLICE_MANAGED_BY_LABEL.to_owned(), SLICE_MANAGER.to_owned());
-            Ok(EndpointSlice {
+            EndpointSlice {
                 metadata,
                 address_type: family.to_owned(),
                 endpoints: members
@@ -294,17 +273,14 @@ pub fn endpoint_slices(ps: &PolicyService, backends: &[Backend]) -> Result<Vec<E
                     protocol: Some("TCP".into()),
                     app_protocol: Some(APP_PROTOCOL.into()),
                 }]),
-            })
+            }
         })
         .collect()
 }
 
 /// The legacy Endpoints object named like the Service: one subset per port, both address
 /// families in it (core/v1 Endpoints is not split by family).
-///
-/// # Errors
-/// [`Error::MissingField`] when the PolicyService lacks a name, namespace or uid.
-pub fn endpoints(ps: &PolicyService, backends: &[Backend]) -> Result<Endpoints> {
+pub fn endpoints(ps: &Validated, backends: &[Backend]) -> Endpoints {
     let mut by_port: BTreeMap<i32, Vec<&Backend>> = BTreeMap::new();
     for backend in backends {
         by_port.entry(backend.port).or_default().push(backend);
@@ -331,16 +307,18 @@ pub fn endpoints(ps: &PolicyService, backends: &[Backend]) -> Result<Endpoints> 
             }]),
         })
         .collect();
-    Ok(Endpoints {
-        metadata: metadata(ps, service_name(&ps.name_any()))?,
+    Endpoints {
+        metadata: metadata(ps, service_name(ps.name)),
         subsets: (!subsets.is_empty()).then_some(subsets),
-    })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::controller::fixtures::{PolicyServiceBuilder, ProfileBuilder};
+    use crate::controller::validate;
+    use policyserve_crds::PolicyService;
 
     fn lander() -> PolicyService {
         PolicyServiceBuilder::new("lander").build()
@@ -394,7 +372,7 @@ mod tests {
 
     #[test]
     fn the_service_is_selector_less_headless_on_the_grpc_port_and_owned() {
-        let service = service(&lander()).unwrap();
+        let service = service(&validate(&lander()).unwrap());
         assert_eq!(service.metadata.name.as_deref(), Some("lander"));
         assert_eq!(service.metadata.namespace.as_deref(), Some("robots"));
         let labels = service.metadata.labels.clone().unwrap();
@@ -430,7 +408,7 @@ mod tests {
             &["a", "b", "c", "d"],
             &Liveness::all(["a", "b", "c", "d"], jiff::Timestamp::UNIX_EPOCH),
         );
-        let slices = endpoint_slices(&ps, &found).unwrap();
+        let slices = endpoint_slices(&validate(&ps).unwrap(), &found);
         let summary: Vec<(String, &str, i32, Vec<String>)> = slices
             .iter()
             .map(|s| {
@@ -475,7 +453,7 @@ mod tests {
             &["node-a"],
             &Liveness::all(["node-a"], jiff::Timestamp::UNIX_EPOCH),
         );
-        let slice = &endpoint_slices(&ps, &found).unwrap()[0];
+        let slice = &endpoint_slices(&validate(&ps).unwrap(), &found)[0];
         let labels = slice.metadata.labels.clone().unwrap();
         assert_eq!(labels[SERVICE_NAME_LABEL], "lander");
         assert_eq!(labels[SLICE_MANAGED_BY_LABEL], "policyserve.io/operator");
@@ -506,14 +484,14 @@ mod tests {
     #[test]
     fn without_serving_agents_there_is_one_empty_ipv4_slice_and_an_endpoints_without_subsets() {
         let ps = lander();
-        let slices = endpoint_slices(&ps, &[]).unwrap();
+        let slices = endpoint_slices(&validate(&ps).unwrap(), &[]);
         assert_eq!(slices.len(), 1);
         assert_eq!(
             slices[0].metadata.name.as_deref(),
             Some("lander-policyserve-ipv4-8001")
         );
         assert!(slices[0].endpoints.is_empty());
-        assert_eq!(endpoints(&ps, &[]).unwrap().subsets, None);
+        assert_eq!(endpoints(&validate(&ps).unwrap(), &[]).subsets, None);
     }
 
     #[test]
@@ -529,7 +507,7 @@ mod tests {
             &["a", "b", "c"],
             &Liveness::all(["a", "b", "c"], jiff::Timestamp::UNIX_EPOCH),
         );
-        let endpoints = endpoints(&ps, &found).unwrap();
+        let endpoints = endpoints(&validate(&ps).unwrap(), &found);
         assert_eq!(endpoints.metadata.name.as_deref(), Some("lander"));
         type Addresses = Vec<(String, Option<String>)>;
         let subsets: Vec<(i32, Addresses)> = endpoints
@@ -565,9 +543,9 @@ mod tests {
     #[test]
     fn the_api_decides_which_endpoints_objects_are_published() {
         let ps = lander();
-        let new = published(&ps, &[], EndpointsApi::EndpointSlice).unwrap();
+        let new = published(&validate(&ps).unwrap(), &[], EndpointsApi::EndpointSlice);
         assert!(matches!(new.endpoints, EndpointObjects::Slices(_)));
-        let old = published(&ps, &[], EndpointsApi::Endpoints).unwrap();
+        let old = published(&validate(&ps).unwrap(), &[], EndpointsApi::Endpoints);
         assert!(matches!(old.endpoints, EndpointObjects::Endpoints(_)));
         assert_eq!(new.service, old.service);
     }

@@ -722,7 +722,14 @@ mod tests {
             measured: crate::controller::placement::model_capacities(ps, &owned),
             owned: owned.clone(),
         };
-        let plan = plan(ps, &observed, &mut History::default(), &settings, now().0).unwrap();
+        let validated = crate::controller::validate(ps).unwrap();
+        let plan = plan(
+            &validated,
+            &observed,
+            &mut History::default(),
+            &settings,
+            now().0,
+        );
         planned(ps, &plan, &owned, live, &now())
     }
 

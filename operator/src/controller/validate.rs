@@ -4,9 +4,11 @@
 
 use std::collections::HashSet;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::Resource;
 use policyserve_crds::{
-    ExecutionProvider, MAX_PATH_LENGTH, MAX_URI_LENGTH, ModelSource, PolicyServiceSpec, Precision,
-    Quantile, Target,
+    ExecutionProvider, MAX_PATH_LENGTH, MAX_URI_LENGTH, ModelSource, PolicyService,
+    PolicyServiceSpec, Precision, Quantile, Target,
 };
 
 use super::selector;
@@ -33,11 +35,58 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
     }
 }
 
-/// Checks a spec; the first problem found is returned.
+/// A PolicyService that passed validation: its identity read once and its spec checked. The
+/// steps after validation take this, so none of them looks for a name, namespace or uid again.
+#[derive(Clone, Debug)]
+pub struct Validated<'a> {
+    /// The object as read (status, references, the spec).
+    pub ps: &'a PolicyService,
+    pub name: &'a str,
+    pub namespace: &'a str,
+    /// The controller owner reference every object made for it carries.
+    pub owner: OwnerReference,
+}
+
+impl Validated<'_> {
+    pub fn spec(&self) -> &PolicyServiceSpec {
+        &self.ps.spec
+    }
+}
+
+/// Checks a PolicyService: the metadata every object made for it needs (an apiserver always
+/// sets them), then its spec. The first problem found is returned.
 ///
 /// # Errors
 /// [`Invalid`] naming the first offending field.
-pub fn validate(spec: &PolicyServiceSpec) -> Result<(), Invalid> {
+pub fn validate(ps: &PolicyService) -> Result<Validated<'_>, Invalid> {
+    let missing = |field: &str| invalid(field, "missing; the apiserver sets it on every object");
+    let name = ps
+        .metadata
+        .name
+        .as_deref()
+        .ok_or_else(|| missing("metadata.name"))?;
+    let namespace = ps
+        .metadata
+        .namespace
+        .as_deref()
+        .ok_or_else(|| missing("metadata.namespace"))?;
+    let owner = ps
+        .controller_owner_ref(&())
+        .ok_or_else(|| missing("metadata.uid"))?;
+    validate_spec(&ps.spec)?;
+    Ok(Validated {
+        ps,
+        name,
+        namespace,
+        owner,
+    })
+}
+
+/// Checks a spec alone; the first problem found is returned.
+///
+/// # Errors
+/// [`Invalid`] naming the first offending field.
+pub fn validate_spec(spec: &PolicyServiceSpec) -> Result<(), Invalid> {
     model(spec)?;
     targets(spec)?;
     placement(spec)?;
@@ -247,7 +296,7 @@ mod tests {
     #[test]
     fn the_fixture_policy_service_is_valid() {
         assert_eq!(
-            validate(&PolicyServiceBuilder::new("ps").build().spec),
+            validate_spec(&PolicyServiceBuilder::new("ps").build().spec),
             Ok(())
         );
     }
@@ -308,7 +357,7 @@ mod tests {
             ),
         ];
         for (field, builder) in cases {
-            let result = validate(&builder.build().spec);
+            let result = validate_spec(&builder.build().spec);
             assert_eq!(
                 result.as_ref().map_err(|e| e.field.as_str()),
                 Err(field),
@@ -324,7 +373,7 @@ mod tests {
             .pin_precision(Precision::Int8)
             .build()
             .spec;
-        assert_eq!(validate(&spec), Ok(()));
+        assert_eq!(validate_spec(&spec), Ok(()));
     }
 
     #[test]
@@ -334,12 +383,12 @@ mod tests {
             .pin_providers(vec![ExecutionProvider::Cpu])
             .build();
         assert_eq!(
-            validate(&on_cpu.spec).unwrap_err().field,
+            validate_spec(&on_cpu.spec).unwrap_err().field,
             "spec.tuning.precision"
         );
         let open = PolicyServiceBuilder::new("ps")
             .pin_precision(Precision::Fp16)
             .build();
-        assert_eq!(validate(&open.spec), Ok(()));
+        assert_eq!(validate_spec(&open.spec), Ok(()));
     }
 }
