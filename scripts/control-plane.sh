@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# control-plane.sh - (copied into policyserve from the workplace tools; start honours
-# KUBEBUILDER_ASSETS) a local, envtest-like Kubernetes control plane
-# (real kube-apiserver backed by real etcd) built only from Debian packages.
+# control-plane.sh - a local, envtest-like Kubernetes 1.20 control plane (real kube-apiserver
+# backed by real etcd, and for the cluster tier the scheduler, controller manager, kubelet and
+# kube-proxy) built only from Debian packages; `start` honours KUBEBUILDER_ASSETS.
 #
 #   control-plane.sh install   # fetch sources/binaries with apt and build kube-apiserver, kube-scheduler,
 #                              # kube-controller-manager, kubelet and kube-proxy (idempotent)

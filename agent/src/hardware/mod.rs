@@ -158,7 +158,8 @@ pub struct Version {
 }
 
 impl Hardware {
-    /// The hardware class, by DESIGN.md's rules; the first match wins.
+    /// The hardware class: a GPU with enough memory, else little memory, else many CPUs with
+    /// AVX2, else balanced; the first match wins (classes: `policyserve_crds::HardwareClass`).
     pub fn class(&self) -> HardwareClass {
         if self
             .gpus
