@@ -62,7 +62,7 @@ for node in demo-gpu demo-cpu demo-small; do
   "$BIN/policyserve-agent" run --node-name "$node" \
     --hardware-file "examples/hardware/${HARDWARE[$node]}.json" \
     --grpc-addr "${ADDRESS[$node]}:8001" --metrics-addr "${ADDRESS[$node]}:8002" \
-    --model-cache "$RUN/cache-$node" --namespace "$NAMESPACE" \
+    --model-cache "$RUN/cache-$node" --model-root "$ROOT/models" --namespace "$NAMESPACE" \
     --served-window-seconds 20 --served-write-seconds 5 >"$RUN/agent-$node.log" 2>&1 &
   PIDS+=($!)
   echo "  $node  ${ADDRESS[$node]}:8001  examples/hardware/${HARDWARE[$node]}.json (SIMULATED)"
@@ -73,7 +73,7 @@ kubectl get nodes -L policyserve.io/hardware-class -L hw.policyserve.io/source -
 
 say "applying the example PolicyServices"
 # The URL example downloads from a local web server (no other network here), checked against
-# its sha256; the path example points at this checkout's models.
+# its sha256; the path example points at this checkout's models, the agents' model root here.
 python3 -m http.server 18080 --bind 127.0.0.1 --directory models >"$RUN/http.log" 2>&1 &
 PIDS+=($!)
 kubectl apply --server-side -n "$NAMESPACE" -f examples/policyservice-configmap.yaml >/dev/null
