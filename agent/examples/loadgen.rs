@@ -279,8 +279,16 @@ async fn open_loop(o: &Options, rate: f64) -> Result<Step> {
         .trim_start_matches("http://")
         .parse()
         .with_context(|| format!("--target {} is not http://IP:PORT", o.target))?;
-    let target =
-        load::Target::connect(address, o.connections, &o.model, &o.input, o.row_len, false).await?;
+    let target = load::Target::connect(
+        address,
+        None,
+        o.connections,
+        &o.model,
+        &o.input,
+        o.row_len,
+        false,
+    )
+    .await?;
     let handle = tokio::runtime::Handle::current();
     let (warm_up, duration, max_in_flight) = (o.warm_up, o.duration, o.max_in_flight);
     let outcome = tokio::task::spawn_blocking(move || {

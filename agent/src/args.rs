@@ -151,9 +151,26 @@ pub struct ServingArgs {
     /// gRPC listen address (KServe V2 protocol).
     #[arg(long, env = "POLICYSERVE_GRPC_ADDR", default_value = "0.0.0.0:8001")]
     pub grpc_addr: std::net::SocketAddr,
-    /// Prometheus metrics listen address.
+    /// Prometheus metrics listen address (plaintext HTTP, also with TLS on).
     #[arg(long, env = "POLICYSERVE_METRICS_ADDR", default_value = "0.0.0.0:8002")]
     pub metrics_addr: std::net::SocketAddr,
+    /// PEM certificate chain (leaf first) the gRPC server presents; with `--tls-key`, gRPC is
+    /// served over TLS only. Both files are re-read when they change (a renewed Secret); a
+    /// renewal that does not load is refused with a warning and the old pair keeps serving.
+    #[arg(long, env = "POLICYSERVE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "POLICYSERVE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates for mTLS: every gRPC client must present a certificate they signed.
+    /// The capacity sweep presents `--tls-cert` as its client certificate, so that certificate
+    /// must be signed by this CA and allow client authentication.
+    #[arg(long, env = "POLICYSERVE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Plaintext listen address for `grpc.health.v1` only, for kubelet's gRPC probes, which
+    /// cannot speak TLS.
+    #[arg(long, env = "POLICYSERVE_HEALTH_ADDR")]
+    pub health_addr: Option<std::net::SocketAddr>,
     /// Async runtime threads for gRPC, metrics and Kubernetes watches; by default the CPUs the
     /// inference threads leave free (`serve`) or a quarter of them (`run`), at least one.
     #[arg(long, env = "POLICYSERVE_ASYNC_THREADS")]
@@ -192,6 +209,25 @@ impl ServingArgs {
             max_request_rows: self.max_request_rows,
             reserved_cpus,
         }
+    }
+
+    /// The gRPC server's TLS configuration when `--tls-cert` and `--tls-key` are set, loaded
+    /// and checked.
+    ///
+    /// # Errors
+    /// As [`crate::tls::ServerTls::load`].
+    pub fn tls(&self) -> crate::Result<Option<std::sync::Arc<crate::tls::ServerTls>>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let files = crate::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: self.tls_client_ca.clone(),
+        };
+        Ok(Some(std::sync::Arc::new(crate::tls::ServerTls::load(
+            files,
+        )?)))
     }
 }
 

@@ -96,6 +96,14 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// A TLS certificate, key or CA file that cannot be used as given.
+    #[error("invalid TLS file {path}: {reason}")]
+    Tls {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it (never its contents).
+        reason: String,
+    },
     /// The Kubernetes API failed.
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),

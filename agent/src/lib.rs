@@ -18,6 +18,7 @@ pub mod profiles;
 pub mod registry;
 pub mod run;
 pub mod serve;
+pub mod tls;
 pub mod traffic;
 pub mod tune;
 pub mod tuner;

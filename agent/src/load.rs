@@ -33,14 +33,16 @@ pub struct Target {
 }
 
 impl Target {
-    /// Opens `connections` HTTP/2 connections to `address` for single-row requests to `model`
-    /// (input `input`, `row_len` values, raw binary contents as tritonclient sends them).
-    /// `probe` marks every request as the agent's own (`policyserve-probe: 1`).
+    /// Opens `connections` HTTP/2 connections to `address`, over TLS with `tls` when given,
+    /// for single-row requests to `model` (input `input`, `row_len` values, raw binary contents
+    /// as tritonclient sends them). `probe` marks every request as the agent's own
+    /// (`policyserve-probe: 1`).
     ///
     /// # Errors
     /// [`Error::Load`] when a connection cannot be made.
     pub async fn connect(
         address: SocketAddr,
+        tls: Option<Arc<rustls::ClientConfig>>,
         connections: usize,
         model: &str,
         input: &str,
@@ -49,12 +51,18 @@ impl Target {
     ) -> Result<Self> {
         let mut clients = Vec::new();
         for _ in 0..connections.max(1) {
-            let channel = Endpoint::from_shared(format!("http://{address}"))
+            let endpoint = Endpoint::from_shared(format!("http://{address}"))
                 .map_err(|e| Error::Load(format!("bad address {address}: {e}")))?
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .map_err(|e| Error::Load(format!("failed to connect to {address}: {e}")))?;
+                .tcp_nodelay(true);
+            let channel = match &tls {
+                None => endpoint.connect().await,
+                Some(tls) => {
+                    endpoint
+                        .connect_with_connector(tls_connector(address, tls))
+                        .await
+                }
+            }
+            .map_err(|e| Error::Load(format!("failed to connect to {address}: {e}")))?;
             clients.push(GrpcInferenceServiceClient::new(channel));
         }
         let requests = (0..64)
@@ -66,6 +74,34 @@ impl Target {
             probe,
         })
     }
+}
+
+/// Connects to `address` over TLS with `config`, for tonic; the endpoint's own address is
+/// ignored (it is `address`) and its scheme stays `http`, which tonic's own TLS would insist
+/// on handling.
+fn tls_connector(
+    address: SocketAddr,
+    config: &Arc<rustls::ClientConfig>,
+) -> impl tower::Service<
+    tonic::codegen::http::Uri,
+    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Send
++ 'static {
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+    tower::service_fn(move |_| {
+        let connector = connector.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(address).await?;
+            // Set by hand: the endpoint's setting applies to its own connector only.
+            tcp.set_nodelay(true)?;
+            let stream = connector
+                .connect(crate::tls::server_name(address), tcp)
+                .await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        }
+    })
 }
 
 /// One single-row FP32 request with deterministic, varied values.

@@ -67,6 +67,8 @@ pub async fn serve_node(
         watch_namespace,
         tensorrt_cache,
     } = args;
+    // TLS files first: a bad one is reported before anything else starts.
+    let transport = crate::serve::GrpcTransport::from_args(&serving).await?;
     runtime::environment(serving.ort.ort_lib.as_deref())?;
     let gpu = gpu_options(&hardware, tensorrt_cache, serving.ort.ort_lib.clone()).await;
     let engine = serving.engine_options(gpu, crate::async_runtime::workers());
@@ -103,6 +105,7 @@ pub async fn serve_node(
             address,
             port: bound.port(),
             loopback,
+            loopback_tls: transport.tls.clone(),
             revalidate: Duration::from_secs(revalidate_seconds.max(1)),
             served_window: Duration::from_secs(served_window_seconds.max(1)),
             served_write: Duration::from_secs(served_write_seconds.max(1)),
@@ -127,8 +130,9 @@ pub async fn serve_node(
         Arc::clone(&metrics),
         when_stopped(),
     ));
-    let grpc_server = tokio::spawn(crate::serve::serve_grpc(
+    let grpc_server = tokio::spawn(crate::serve::serve_grpc_on(
         listener,
+        transport,
         Arc::clone(&registry),
         metrics,
         max_message_bytes,

@@ -15,6 +15,7 @@ use crate::engine::{self, Engine, ModelFiles, runtime};
 use crate::grpc::{GrpcInferenceServiceServer, InferenceService};
 use crate::metrics::Metrics;
 use crate::registry::{ModelRegistry, Models, ServedModel};
+use crate::tls::ServerTls;
 
 /// Arguments of `serve`.
 #[derive(Debug, clap::Args)]
@@ -74,6 +75,8 @@ pub async fn run(args: ServeArgs, config: EngineConfig) -> anyhow::Result<()> {
     let ServeArgs {
         models, serving, ..
     } = args;
+    // TLS files first: a bad one is reported before any model loads.
+    let transport = GrpcTransport::from_args(&serving).await?;
     runtime::environment(serving.ort.ort_lib.as_deref())?;
     let options = serving.engine_options(Default::default(), async_runtime::workers());
     let ServingArgs {
@@ -110,8 +113,9 @@ pub async fn run(args: ServeArgs, config: EngineConfig) -> anyhow::Result<()> {
     let listener = TcpListener::bind(grpc_addr)
         .await
         .with_context(|| format!("failed to bind {grpc_addr}"))?;
-    serve_grpc(
+    serve_grpc_on(
         listener,
+        transport,
         Arc::clone(&registry),
         metrics,
         max_message_bytes,
@@ -137,8 +141,37 @@ pub fn read_profile(path: &std::path::Path) -> anyhow::Result<EngineConfig> {
         .with_context(|| format!("{} is not an engine configuration", path.display()))
 }
 
-/// Serves the V2 protocol and `grpc.health.v1` on `listener` until `shutdown` resolves, then
-/// stops accepting connections and waits for in-flight requests.
+/// How the gRPC server is reached, besides its listener.
+#[derive(Debug, Default)]
+pub struct GrpcTransport {
+    /// TLS (mTLS with a client CA) on every connection; plaintext without.
+    pub tls: Option<Arc<ServerTls>>,
+    /// A plaintext listener for `grpc.health.v1` alone: kubelet's gRPC probes speak no TLS.
+    pub health: Option<TcpListener>,
+}
+
+impl GrpcTransport {
+    /// The transport `--tls-*` and `--health-addr` ask for: the TLS files loaded and checked,
+    /// the health address bound.
+    ///
+    /// # Errors
+    /// When a TLS file does not load, or the health address cannot be bound.
+    pub async fn from_args(serving: &ServingArgs) -> anyhow::Result<Self> {
+        let tls = serving.tls()?;
+        let health = match serving.health_addr {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("failed to bind {address}"))?,
+            ),
+            None => None,
+        };
+        Ok(Self { tls, health })
+    }
+}
+
+/// Serves the V2 protocol and `grpc.health.v1` on `listener`, in plaintext, until `shutdown`
+/// resolves, then stops accepting connections and waits for in-flight requests.
 ///
 /// # Errors
 /// When the server fails.
@@ -149,29 +182,96 @@ pub async fn serve_grpc<M: Models>(
     max_message_bytes: usize,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
+    serve_grpc_on(
+        listener,
+        GrpcTransport::default(),
+        models,
+        metrics,
+        max_message_bytes,
+        shutdown,
+    )
+    .await
+}
+
+/// As [`serve_grpc`], over `transport`: TLS when it has it, and health also on its health
+/// listener, which reports NOT_SERVING from `shutdown` on and closes once the server has
+/// drained.
+///
+/// # Errors
+/// When a server fails.
+pub async fn serve_grpc_on<M: Models>(
+    listener: TcpListener,
+    transport: GrpcTransport,
+    models: Arc<M>,
+    metrics: Arc<Metrics>,
+    max_message_bytes: usize,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let GrpcTransport { tls, health } = transport;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter
         .set_serving::<GrpcInferenceServiceServer<InferenceService<M>>>()
         .await;
     let address = listener.local_addr()?;
-    tracing::info!(%address, "gRPC listening");
+    let mode = match &tls {
+        None => "plaintext",
+        Some(tls) if tls.client_auth() => "mTLS",
+        Some(_) => "TLS",
+    };
+    tracing::info!(%address, mode, "gRPC listening");
+
+    let (drained, health_stop) = tokio::sync::oneshot::channel::<()>();
+    let health_server = match health {
+        Some(listener) => {
+            tracing::info!(address = %listener.local_addr()?, "gRPC health listening, plaintext");
+            let server = tonic::transport::Server::builder()
+                .add_service(health_service.clone())
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
+                    let _ = health_stop.await;
+                });
+            Some(tokio::spawn(server))
+        }
+        None => None,
+    };
+    let reloading = tls
+        .as_ref()
+        .map(|tls| tokio::spawn(Arc::clone(tls).keep_reloaded()));
+
     let service = InferenceService::new(models, metrics).into_server(max_message_bytes);
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(service)
-        .serve_with_incoming_shutdown(
-            // Small requests and answers: without TCP_NODELAY, Nagle's algorithm and delayed
-            // ACKs add ~40 ms to some of them.
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async {
-                shutdown.await;
-                health
-                    .set_not_serving::<GrpcInferenceServiceServer<InferenceService<M>>>()
-                    .await;
-            },
-        )
-        .await?;
-    Ok(())
+        .add_service(service);
+    let shutdown = async {
+        shutdown.await;
+        reporter
+            .set_not_serving::<GrpcInferenceServiceServer<InferenceService<M>>>()
+            .await;
+    };
+    let served = match tls {
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(tls.incoming(listener), shutdown)
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    // Small requests and answers: without TCP_NODELAY, Nagle's algorithm and
+                    // delayed ACKs add ~40 ms to some of them.
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    shutdown,
+                )
+                .await
+        }
+    };
+    if let Some(reloading) = reloading {
+        reloading.abort();
+    }
+    let _ = drained.send(());
+    if let Some(health_server) = health_server {
+        health_server.await??;
+    }
+    Ok(served?)
 }
 
 /// Runs `work` on a thread of its own beside a gRPC server on 127.0.0.1 (the agent's serving
@@ -203,6 +303,7 @@ pub fn with_loopback_server<T: Send>(
                 work(crate::tuner::Loopback {
                     registry: &registry,
                     address,
+                    tls: None,
                 })
             })
             .join()

@@ -53,6 +53,8 @@ pub struct Cluster {
     hardware: BTreeMap<String, PathBuf>,
     /// Seconds between an idle model's capacity probes, for agents started from now on.
     pub revalidate_seconds: u64,
+    /// More flags for agents started from now on (TLS, say).
+    pub agent_args: Vec<String>,
     _operator: oneshot::Sender<()>,
     _turn: tokio::sync::MutexGuard<'static, ()>,
 }
@@ -81,6 +83,7 @@ impl Cluster {
             agents: BTreeMap::new(),
             hardware: BTreeMap::new(),
             revalidate_seconds: 600,
+            agent_args: Vec::new(),
             _operator: stop,
             _turn: turn,
         })
@@ -146,6 +149,7 @@ impl Cluster {
         if let Some(file) = self.hardware.get(node) {
             line.push(format!("--hardware-file={}", file.display()));
         }
+        line.extend(self.agent_args.iter().cloned());
         // Parsed as the binary parses its command line, so the flags tested are the real ones.
         let args = match Cli::try_parse_from(&line).map(|cli| cli.command) {
             Ok(Command::Run(args)) => args,

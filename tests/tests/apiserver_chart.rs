@@ -457,6 +457,101 @@ fn agents_use_grpc_probes_where_kubernetes_has_them_and_tcp_before() -> Result<(
 }
 
 #[test]
+fn agents_with_tls_serve_from_the_secret_and_probe_the_plaintext_health_port() -> Result<()> {
+    let container = |version: &str, values: &str| -> Result<Value> {
+        let rendered = objects(&template(
+            "tls",
+            "policyserve-system",
+            &["--kube-version", version, "--set", values],
+        )?)?;
+        let pod = &of_kind(&rendered, "DaemonSet")[0]["spec"]["template"]["spec"];
+        let secret = pod["volumes"]
+            .as_array()
+            .context("volumes")?
+            .iter()
+            .find(|v| v["name"] == "tls")
+            .map(|v| v["secret"].clone());
+        let mut container = pod["containers"][0].clone();
+        container["tlsSecret"] = secret.unwrap_or(Value::Null);
+        Ok(container)
+    };
+    let args = |container: &Value| -> Vec<String> {
+        container["args"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect()
+    };
+
+    let mtls = container(
+        "1.30.0",
+        "agent.tls.enabled=true,agent.tls.secretName=agent-tls,agent.tls.clientAuth=true",
+    )?;
+    assert_eq!(mtls["tlsSecret"]["secretName"], "agent-tls");
+    let mount = mtls["volumeMounts"]
+        .as_array()
+        .context("mounts")?
+        .iter()
+        .find(|m| m["name"] == "tls")
+        .context("the Secret is mounted")?;
+    assert_eq!(mount["mountPath"], "/etc/policyserve/tls");
+    assert_eq!(mount["readOnly"], true);
+    // A whole-folder mount: kubelet renews no subPath mount.
+    assert!(mount.get("subPath").is_none());
+    for flag in [
+        "--tls-cert=/etc/policyserve/tls/tls.crt",
+        "--tls-key=/etc/policyserve/tls/tls.key",
+        "--tls-client-ca=/etc/policyserve/tls/ca.crt",
+        "--health-addr=0.0.0.0:8003",
+    ] {
+        assert!(args(&mtls).iter().any(|a| a == flag), "no {flag}");
+    }
+    assert!(
+        mtls["ports"]
+            .as_array()
+            .context("ports")?
+            .iter()
+            .any(|p| p["name"] == "health" && p["containerPort"] == 8003)
+    );
+    assert_eq!(mtls["readinessProbe"]["grpc"]["port"], 8003);
+    assert_eq!(mtls["livenessProbe"]["grpc"]["port"], 8003);
+
+    let tls = container(
+        "1.20.2",
+        "agent.tls.enabled=true,agent.tls.secretName=agent-tls",
+    )?;
+    assert!(!args(&tls).iter().any(|a| a.starts_with("--tls-client-ca")));
+    assert_eq!(tls["readinessProbe"]["tcpSocket"]["port"], "health");
+
+    let plaintext = container("1.30.0", "agent.tls.enabled=false")?;
+    assert!(!args(&plaintext).iter().any(|a| a.starts_with("--tls")));
+    assert!(plaintext["tlsSecret"].is_null());
+    assert_eq!(plaintext["readinessProbe"]["grpc"]["port"], 8001);
+
+    let chart = chart();
+    let chart = chart.to_str().context("chart path")?;
+    helm(&[
+        "lint",
+        "--strict",
+        chart,
+        "--set",
+        "agent.tls.enabled=true,agent.tls.secretName=agent-tls,agent.tls.clientAuth=true",
+    ])?;
+    let output = exec(
+        "helm",
+        &["template", "bad", chart, "--set", "agent.tls.enabled=true"],
+        None,
+    )?;
+    assert!(
+        !output.status.success(),
+        "TLS without a Secret was rendered"
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("agent.tls.secretName"));
+    Ok(())
+}
+
+#[test]
 fn a_service_monitor_is_rendered_only_when_asked_for() -> Result<()> {
     let default = objects(&template("sm", "policyserve-system", &[])?)?;
     assert!(of_kind(&default, "ServiceMonitor").is_empty());
@@ -497,6 +592,7 @@ async fn rendered_manifests_pass_a_server_side_dry_run() -> Result<()> {
         narrowed.as_str(),
         "rbac.create=false,operator.serviceAccount.create=false,agent.serviceAccount.create=false,\
          metrics.service.enabled=false,operator.leaderElection.enabled=false",
+        "agent.tls.enabled=true,agent.tls.secretName=agent-tls,agent.tls.clientAuth=true",
     ] {
         let mut extra = vec!["--kube-version", version.as_str()];
         if !values.is_empty() {

@@ -42,6 +42,8 @@ pub struct ProfileServerConfig {
     pub port: u16,
     /// Where this agent's own gRPC server is reached from the node itself (capacity sweeps).
     pub loopback: SocketAddr,
+    /// The TLS the server at `loopback` speaks, which sweeps speak too.
+    pub loopback_tls: Option<Arc<crate::tls::ServerTls>>,
     /// How often an idle model's capacity is probed again.
     pub revalidate: Duration,
     /// The served window's length.
@@ -356,11 +358,13 @@ impl ProfileServer {
                 self.config.engine.clone(),
             );
             let (registry, address) = (Arc::clone(&self.registry), self.config.loopback);
+            let tls = self.config.loopback_tls.clone();
             let budget = Duration::from_secs(u64::from(spec.tuning_budget_seconds.max(1)));
             blocking(move || {
                 let loopback = tuner::Loopback {
                     registry: &registry,
                     address,
+                    tls: tls.as_deref(),
                 };
                 tuner::tune(
                     &files,
@@ -410,7 +414,7 @@ impl ProfileServer {
     ) -> Option<Capacity> {
         let _turn = self.tuning.lock().await;
         let (served, targets) = (Arc::clone(served), targets.clone());
-        let address = self.config.loopback;
+        let (address, tls) = (self.config.loopback, self.config.loopback_tls.clone());
         let budget = Duration::from_secs(u64::from(profile.spec.tuning_budget_seconds.max(1)));
         let arrivals = served.traffic.arrivals();
         let result = blocking(move || {
@@ -423,6 +427,7 @@ impl ProfileServer {
             let stop = || served.traffic.arrivals() != arrivals;
             let result = tuner::capacity_sweep(
                 address,
+                tls.as_deref(),
                 &served.name,
                 &input.name,
                 input.row_len(),

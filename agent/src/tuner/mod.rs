@@ -29,6 +29,7 @@ use self::score::{Score, score};
 use self::sweep::{StepRecord, SweepResult, SweepSettings};
 use crate::engine::{Engine, EngineOptions, ModelFiles};
 use crate::registry::{ModelRegistry, ServedModel};
+use crate::tls::ServerTls;
 use crate::{Error, Result, load};
 
 /// One configuration ranked in-process.
@@ -126,6 +127,8 @@ pub struct Loopback<'a> {
     pub registry: &'a ModelRegistry,
     /// The server's address (its own address: the load generator runs beside it).
     pub address: SocketAddr,
+    /// The TLS the server speaks, if any; sweeps connect as [`ServerTls::loopback_client`].
+    pub tls: Option<&'a ServerTls>,
 }
 
 /// Share of the tuning budget spent ranking in-process; the rest sweeps.
@@ -246,6 +249,7 @@ fn sweep_config(
         .insert_probe(ServedModel::new(&probe, engine, 1));
     let result = capacity_sweep(
         loopback.address,
+        loopback.tls,
         &probe,
         &input,
         row_len,
@@ -276,13 +280,16 @@ fn sweep_config(
     ))
 }
 
-/// Runs a capacity sweep against `model` at `address` with probe requests; `stop` ends it
-/// early (a periodic probe stops at the first real request).
+/// Runs a capacity sweep against `model` at `address` (over `tls` when the server speaks it)
+/// with probe requests; `stop` ends it early (a periodic probe stops at the first real
+/// request).
 ///
 /// # Errors
 /// When the load generator cannot start or connect.
+#[allow(clippy::too_many_arguments)]
 pub fn capacity_sweep(
     address: SocketAddr,
+    tls: Option<&ServerTls>,
     model: &str,
     input: &str,
     row_len: usize,
@@ -291,8 +298,9 @@ pub fn capacity_sweep(
     stop: &dyn Fn() -> bool,
 ) -> Result<SweepResult> {
     let runtime = load::client_runtime()?;
+    let tls = tls.map(ServerTls::loopback_client).transpose()?;
     let target = runtime.block_on(load::Target::connect(
-        address, 4, model, input, row_len, true,
+        address, tls, 4, model, input, row_len, true,
     ))?;
     Ok(sweep::sweep(settings, targets, |rate| {
         let plan = load::Plan {
