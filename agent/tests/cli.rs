@@ -54,7 +54,8 @@ fn tune_json_prints_the_object_design_pins() {
     assert!(capacity >= 0.0);
     let steps = json["swept"][0]["steps"].as_array().unwrap();
     assert!(!steps.is_empty());
-    // The capacity is the highest rate that passed twice; 0 when none did.
+    // The capacity is the highest rate that passed twice (what clients got there, so never
+    // more than that rate); 0 when none did.
     let passes = |rate: f64| {
         steps
             .iter()
@@ -66,7 +67,10 @@ fn tune_json_prints_the_object_design_pins() {
         .filter_map(|s| s["rateRps"].as_f64())
         .filter(|rate| passes(*rate) >= 2)
         .fold(0.0, f64::max);
-    assert_eq!(capacity, confirmed, "capacity against the steps: {steps:?}");
+    assert!(
+        (confirmed == 0.0 && capacity == 0.0) || (capacity > 0.0 && capacity <= confirmed),
+        "capacity {capacity} against the steps: {steps:?}"
+    );
     assert!(
         chosen["capacity"]["method"]
             .as_str()

@@ -847,6 +847,26 @@ fn network_policies_admit_only_the_served_ports_when_enabled() -> Result<()> {
     // gRPC only from the peers given; metrics from anyone, since none were given.
     assert_eq!(ports("np-policyserve-agent"), [(8001, true), (8002, false)]);
     assert_eq!(ports("np-policyserve-operator"), [(8080, false)]);
+    // A TLS agent's plaintext health port is open too, for the kubelet's probes.
+    let tls = objects(&template(
+        "np",
+        "policyserve-system",
+        &[
+            "--set",
+            "networkPolicy.enabled=true,agent.tls.enabled=true,agent.tls.secretName=agent-tls",
+        ],
+    )?)?;
+    let agent = of_kind(&tls, "NetworkPolicy")
+        .into_iter()
+        .find(|p| name_of(p) == "np-policyserve-agent")
+        .context("agent NetworkPolicy")?;
+    let open: Vec<u64> = agent["spec"]["ingress"]
+        .as_array()
+        .context("ingress")?
+        .iter()
+        .filter_map(|rule| rule["ports"][0]["port"].as_u64())
+        .collect();
+    assert_eq!(open, [8001, 8002, 8003]);
     Ok(())
 }
 
