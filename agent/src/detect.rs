@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use policyserve_crds::HardwareClass;
 use serde::Serialize;
 
-use crate::args::{DetectArgs, OutputFormat};
+use crate::cli::{DetectArgs, OutputFormat};
 use crate::hardware::{CpuFlag, Hardware};
 
 /// Prints the detected (or described) hardware, its class and labels to stdout.
@@ -14,7 +14,7 @@ use crate::hardware::{CpuFlag, Hardware};
 /// # Errors
 /// When detection fails or the hardware file cannot be read.
 pub fn run(args: &DetectArgs) -> anyhow::Result<()> {
-    let hardware = crate::hardware::load(&args.hardware)?;
+    let hardware = crate::hardware::load(args.hardware.hardware_file.as_deref())?;
     let text = match args.output {
         OutputFormat::Json => serde_json::to_string_pretty(&json_report(&hardware))?,
         OutputFormat::Table => table(&hardware),

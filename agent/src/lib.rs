@@ -1,8 +1,8 @@
 //! The policyserve agent: detects its node's hardware, tunes ONNX Runtime for it and serves
 //! policy models.
 
-pub mod args;
 pub mod async_runtime;
+pub mod cli;
 pub mod detect;
 pub mod engine;
 mod error;

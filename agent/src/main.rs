@@ -1,5 +1,5 @@
 use clap::Parser;
-use policyserve_agent::args::{Cli, Command};
+use policyserve_agent::cli::{Cli, Command};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

@@ -7,6 +7,7 @@
 //! remove and re-add labels, unlike Node Feature Discovery's delete-then-add), and labels that
 //! other managers own are never touched.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
@@ -14,7 +15,6 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use policyserve_crds::HARDWARE_ANNOTATION;
 
-use crate::args::HardwareArgs;
 use crate::hardware::Hardware;
 use crate::{Error, FIELD_MANAGER, Result};
 
@@ -57,10 +57,15 @@ pub async fn publish(client: &Client, node: &str, hw: &Hardware) -> Result<()> {
 /// Keeps `node`'s labels current: detects (or reads the hardware file), publishes, and again
 /// every `every`, so a hot-plugged GPU or a changed quota shows. Failures are logged and
 /// retried; this returns only when dropped, so run it beside other work in a `select!`.
-pub async fn keep_labelled(client: Client, node: String, hardware: HardwareArgs, every: Duration) {
+pub async fn keep_labelled(
+    client: Client,
+    node: String,
+    hardware_file: Option<PathBuf>,
+    every: Duration,
+) {
     let mut last: Option<Hardware> = None;
     loop {
-        let wait = match detect(&hardware).await {
+        let wait = match detect(hardware_file.clone()).await {
             Ok(hw) => {
                 if last.as_ref().is_some_and(|prev| prev != &hw) {
                     tracing::info!(node, class = %hw.class(), "hardware changed");
@@ -87,9 +92,8 @@ pub async fn keep_labelled(client: Client, node: String, hardware: HardwareArgs,
 }
 
 /// Detection reads files and may load the NVIDIA driver: off the async workers.
-async fn detect(args: &HardwareArgs) -> Result<Hardware> {
-    let args = args.clone();
-    tokio::task::spawn_blocking(move || crate::hardware::load(&args))
+async fn detect(hardware_file: Option<PathBuf>) -> Result<Hardware> {
+    tokio::task::spawn_blocking(move || crate::hardware::load(hardware_file.as_deref()))
         .await
         .map_err(|e| Error::Hardware(format!("detection task failed: {e}")))?
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-use crate::args::{HardwareArgs, RunArgs, ServingArgs};
+use crate::cli::{HardwareArgs, RunArgs, ServingArgs};
 use crate::engine::{GpuOptions, runtime};
 use crate::fetch::{FetchOptions, Fetcher};
 use crate::metrics::Metrics;
@@ -52,7 +52,7 @@ pub async fn serve_node(
     let RunArgs {
         node_name,
         redetect_seconds,
-        hardware,
+        hardware: HardwareArgs { hardware_file },
         serving,
         model_root,
         max_model_bytes,
@@ -70,7 +70,12 @@ pub async fn serve_node(
     // TLS files first: a bad one is reported before anything else starts.
     let transport = crate::serve::GrpcTransport::from_args(&serving).await?;
     runtime::environment(serving.ort.ort_lib.as_deref())?;
-    let gpu = gpu_options(&hardware, tensorrt_cache, serving.ort.ort_lib.clone()).await;
+    let gpu = gpu_options(
+        hardware_file.clone(),
+        tensorrt_cache,
+        serving.ort.ort_lib.clone(),
+    )
+    .await;
     let engine = serving.engine_options(gpu, crate::async_runtime::workers());
     let ServingArgs {
         grpc_addr,
@@ -141,7 +146,7 @@ pub async fn serve_node(
     let every = Duration::from_secs(redetect_seconds.max(1));
     tracing::info!(node = %node_name, %address, "agent running");
     tokio::select! {
-        () = crate::node::keep_labelled(client.clone(), node_name.clone(), hardware, every) => {}
+        () = crate::node::keep_labelled(client.clone(), node_name.clone(), hardware_file, every) => {}
         () = crate::lease::keep_renewed(client, namespace, node_name) => {}
         () = profiles.run() => {}
         () = shutdown => {}
@@ -157,12 +162,12 @@ pub async fn serve_node(
 /// The node's GPU memory limit and TensorRT cache, from the hardware as detected at start. A
 /// GPU appearing later is labelled by re-detection and served after a restart.
 async fn gpu_options(
-    hardware: &HardwareArgs,
+    hardware_file: Option<std::path::PathBuf>,
     tensorrt_base: std::path::PathBuf,
     ort_lib: Option<std::path::PathBuf>,
 ) -> GpuOptions {
-    let hardware = hardware.clone();
-    let detected = tokio::task::spawn_blocking(move || crate::hardware::load(&hardware)).await;
+    let detected =
+        tokio::task::spawn_blocking(move || crate::hardware::load(hardware_file.as_deref())).await;
     match detected {
         Ok(Ok(hw)) => {
             let options = GpuOptions::for_node(&hw, &tensorrt_base, ort_lib.as_deref());

@@ -1,7 +1,6 @@
 //! `policyserve-agent serve`: serve models standalone over gRPC, without Kubernetes, and the
 //! gRPC server that in-cluster mode shares.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -9,38 +8,13 @@ use policyserve_crds::EngineConfig;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
-use crate::args::ServingArgs;
 use crate::async_runtime;
+use crate::cli::{ServeArgs, ServingArgs};
 use crate::engine::{self, Engine, ModelFiles, runtime};
 use crate::grpc::{GrpcInferenceServiceServer, InferenceService};
 use crate::metrics::Metrics;
 use crate::registry::{ModelRegistry, Models, ServedModel};
 use crate::tls::ServerTls;
-
-/// Arguments of `serve`.
-#[derive(Debug, clap::Args)]
-pub struct ServeArgs {
-    /// A model to serve, as NAME=PATH (repeat for more).
-    #[arg(long = "model", required = true, value_parser = parse_named_model)]
-    pub models: Vec<(String, PathBuf)>,
-    /// Engine configuration for every model, YAML or JSON (the `chosen.config` that
-    /// `tune --output json` prints); defaults to one instance, one thread, batches up to 32.
-    #[arg(long)]
-    pub profile: Option<PathBuf>,
-    /// Serving: addresses, limits, ONNX Runtime.
-    #[command(flatten)]
-    pub serving: ServingArgs,
-}
-
-fn parse_named_model(text: &str) -> Result<(String, PathBuf), String> {
-    let (name, path) = text
-        .split_once('=')
-        .ok_or("expected NAME=PATH, e.g. lander=models/policy-mlp.onnx")?;
-    if name.is_empty() {
-        return Err("the model name is empty".into());
-    }
-    Ok((name.to_owned(), PathBuf::from(path)))
-}
 
 /// The configuration `serve` uses without `--profile`.
 pub fn default_config() -> EngineConfig {

@@ -2,84 +2,16 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use policyserve_crds::{NodeCapacity, Precision, ProfileSelection, SearchSpace, Targets};
 use serde::Serialize;
 
-use crate::args::{HardwareArgs, OrtArgs, OutputFormat};
+use crate::cli::{OutputFormat, TuneArgs};
 use crate::engine::{EngineOptions, GpuOptions, ModelFiles, runtime};
 use crate::hardware::Hardware;
 use crate::tuner::{self, Candidate, MeasureSettings, Tuning};
-
-/// Arguments of `tune`.
-#[derive(Debug, clap::Args)]
-pub struct TuneArgs {
-    /// The fp32 ONNX model.
-    #[arg(long)]
-    pub model: PathBuf,
-    /// A precision variant of the same model, as PRECISION=FILE (for example int8=model.int8.onnx).
-    #[arg(long = "variant", value_parser = parse_variant)]
-    pub variants: Vec<(Precision, PathBuf)>,
-    /// Median latency target, milliseconds.
-    #[arg(long = "p50-ms")]
-    pub p50_ms: Option<f64>,
-    /// 95th percentile latency target, milliseconds.
-    #[arg(long = "p95-ms")]
-    pub p95_ms: Option<f64>,
-    /// 99th percentile latency target, milliseconds.
-    #[arg(long = "p99-ms")]
-    pub p99_ms: Option<f64>,
-    /// Throughput target for this machine, requests per second.
-    #[arg(long)]
-    pub rps: Option<f64>,
-    /// Memory limit, as a Kubernetes quantity (512Mi).
-    #[arg(long)]
-    pub memory: Option<String>,
-    /// Time the search may take (30s, 2m).
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    pub budget: Duration,
-    /// Profile: Auto picks one from the hardware class and the memory target.
-    #[arg(long, default_value = "Auto", value_parser = parse_profile)]
-    pub profile: ProfileSelection,
-    /// Measure every configuration instead of searching (slow; the benchmark's reference).
-    #[arg(long)]
-    pub exhaustive: bool,
-    /// Output format.
-    #[arg(long, short, value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
-    /// Also write the JSON object of `--output json` to this file (a table for people on
-    /// stdout and the figures for programs from one run).
-    #[arg(long = "json-out")]
-    pub json_out: Option<PathBuf>,
-    /// ONNX Runtime library.
-    #[command(flatten)]
-    pub ort: OrtArgs,
-    /// Hardware source.
-    #[command(flatten)]
-    pub hardware: HardwareArgs,
-    /// Base folder of TensorRT engine caches (default: policyserve-tensorrt in the temporary
-    /// folder); each GPU model, driver, ONNX Runtime and TensorRT version gets its own.
-    #[arg(long = "tensorrt-cache", env = "POLICYSERVE_TENSORRT_CACHE")]
-    pub tensorrt_cache: Option<PathBuf>,
-}
-
-fn parse_variant(text: &str) -> Result<(Precision, PathBuf), String> {
-    let (precision, path) = text
-        .split_once('=')
-        .ok_or("expected PRECISION=FILE, e.g. int8=model.int8.onnx")?;
-    let precision = serde_json::from_value(serde_json::Value::String(precision.to_lowercase()))
-        .map_err(|_| format!("unknown precision {precision:?}; use fp16 or int8"))?;
-    Ok((precision, PathBuf::from(path)))
-}
-
-fn parse_profile(text: &str) -> Result<ProfileSelection, String> {
-    serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|_| {
-        format!("unknown profile {text:?}; use Auto, GPUAccelerated, HighPerformanceCPU, MemoryConstrained or Balanced")
-    })
-}
 
 /// The object `tune --output json` prints: the in-process ranking of every candidate
 /// (`candidates[].ranked`, ordering only), the capacity sweeps, and the chosen configuration
@@ -118,7 +50,7 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
     targets.memory_limit_mib().context("--memory")?;
     runtime::environment(ort.ort_lib.as_deref())?;
     let files = read_model(model, variants)?;
-    let hw = crate::hardware::load(hardware)?;
+    let hw = crate::hardware::load(hardware.hardware_file.as_deref())?;
     let (class, profile, space) = plan(&hw, *profile, &targets, &files);
     if *output == OutputFormat::Table {
         println!(

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use policyserve_agent::args::{Cli, Command};
+use policyserve_agent::cli::{Cli, Command};
 use policyserve_agent::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use policyserve_agent::grpc::proto::model_infer_request::InferInputTensor;
 use policyserve_agent::grpc::proto::{InferTensorContents, ModelInferRequest};

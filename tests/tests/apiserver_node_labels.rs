@@ -9,7 +9,6 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
 use policyserve_agent::FIELD_MANAGER;
-use policyserve_agent::args::HardwareArgs;
 use policyserve_agent::hardware::{CpuFlag, Hardware};
 use policyserve_agent::labels::labels;
 use policyserve_agent::node::{keep_labelled, publish};
@@ -21,14 +20,9 @@ use serde_json::json;
 const OTHER_KEY: &str = "topology.example.com/rack";
 const OTHER_MANAGER: &str = "rack-labeller";
 
-fn example(name: &str) -> HardwareArgs {
-    HardwareArgs {
-        hardware_file: Some(workspace_root().join("examples/hardware").join(name)),
-    }
-}
-
 fn load(name: &str) -> Result<Hardware> {
-    Ok(policyserve_agent::hardware::load(&example(name))?)
+    let file = workspace_root().join("examples/hardware").join(name);
+    Ok(policyserve_agent::hardware::load(Some(file.as_path()))?)
 }
 
 /// Creates a Node carrying another manager's label, as a kubelet and an admin would leave it.
@@ -197,14 +191,10 @@ async fn the_relabelling_loop_follows_a_changed_hardware_file() -> Result<()> {
         workspace_root().join("examples/hardware/large-cpu-node.json"),
         &file,
     )?;
-    let args = HardwareArgs {
-        hardware_file: Some(file.clone()),
-    };
-
     let agent = tokio::spawn(keep_labelled(
         client.clone(),
         node.clone(),
-        args.clone(),
+        Some(file.clone()),
         Duration::from_secs(1),
     ));
     wait_for_class(&api, &node, "high-performance-cpu").await?;
@@ -216,7 +206,7 @@ async fn the_relabelling_loop_follows_a_changed_hardware_file() -> Result<()> {
     )?;
     wait_for_class(&api, &node, "memory-constrained").await?;
     agent.abort();
-    let expected = labels(&policyserve_agent::hardware::load(&args)?);
+    let expected = labels(&policyserve_agent::hardware::load(Some(file.as_path()))?);
     assert_eq!(agent_labels(&api.get(&node).await?), expected);
 
     std::fs::remove_dir_all(&dir)?;

@@ -19,7 +19,6 @@ pub use gpu::{GpuDetection, process_memory_mib as process_gpu_memory_mib};
 pub use limits::{CpuLimits, MemoryInfo};
 pub use topology::Topology;
 
-use crate::args::HardwareArgs;
 use crate::{Error, Result};
 
 /// GPU memory from which a GPU counts for the `gpu-accelerated` class.
@@ -346,12 +345,12 @@ impl Hardware {
     }
 }
 
-/// Detects this machine, or reads the machine `args.hardware_file` describes.
+/// Detects this machine, or reads the machine `hardware_file` describes.
 ///
 /// # Errors
 /// When the hardware file cannot be read or parsed, or `/proc/meminfo` cannot be read.
-pub fn load(args: &HardwareArgs) -> Result<Hardware> {
-    match &args.hardware_file {
+pub fn load(hardware_file: Option<&Path>) -> Result<Hardware> {
+    match hardware_file {
         Some(path) => Hardware::from_file(path),
         None => Hardware::detect_at(Path::new("/")),
     }
