@@ -170,20 +170,25 @@ async fn measured_capacity_scales_out_then_in_after_the_stabilization_window() -
     })
     .await?;
 
-    let events = Api::<Event>::namespaced(world.client.clone(), &world.namespace)
-        .list(&ListParams::default())
-        .await?;
-    let reasons: Vec<String> = events
-        .items
-        .iter()
-        .filter_map(|e| e.reason.clone())
-        .collect();
-    for reason in ["ProfilesAssigned", "ScaledUp", "TargetsMet", "ScaledDown"] {
-        assert!(
-            reasons.iter().any(|r| r == reason),
-            "no {reason} Event in {reasons:?}"
-        );
-    }
+    // Events are recorded just after the status they describe is written.
+    let events = Api::<Event>::namespaced(world.client.clone(), &world.namespace);
+    let wanted = ["ProfilesAssigned", "ScaledUp", "TargetsMet", "ScaledDown"];
+    let found = eventually("an Event of each decision", TIMEOUT, || {
+        let events = events.clone();
+        async move {
+            let reasons: Vec<String> = events
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter_map(|e| e.reason)
+                .collect();
+            let all = wanted.iter().all(|w| reasons.iter().any(|r| r == w));
+            Ok(all.then_some(reasons))
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "{found:?}: want {wanted:?}");
     Ok(())
 }
 
