@@ -6,6 +6,8 @@
 #   control-plane.sh install   # fetch sources/binaries with apt and build kube-apiserver, kube-scheduler,
 #                              # kube-controller-manager, kubelet and kube-proxy (idempotent)
 #   control-plane.sh start     # start etcd + kube-apiserver on free loopback ports, write a kubeconfig
+#   control-plane.sh restart   # stop both and start them again keeping port, certificates, token
+#                              # and etcd data (a control-plane reboot as clients see it)
 #   control-plane.sh stop      # stop both and delete the etcd data
 #   control-plane.sh status    # show whether it is running
 #   control-plane.sh env       # print the export line again
@@ -285,35 +287,9 @@ cmd_start() {
   local token; token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
   echo "$token,admin,admin,system:masters" > "$RUN/token.csv"
   chmod 600 "$RUN/token.csv"
-
-  local -a mode=(--authorization-mode RBAC --disable-admission-plugins ServiceAccount)
-  if [ "$CLUSTER" = 1 ]; then
-    mode=(--authorization-mode "Node,RBAC" --enable-admission-plugins NodeRestriction
-          --kubelet-client-certificate "$RUN/certs/kubelet-client.crt" --kubelet-client-key "$RUN/certs/kubelet-client.key"
-          --kubelet-preferred-address-types InternalIP)
-  fi
-
-  mkdir -p "$RUN/etcd-data"
-  ( cd "$RUN" && exec setsid "$ASSETS/etcd" --name default --data-dir "$RUN/etcd-data" \
-      --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
-      --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
-      --initial-cluster "default=http://127.0.0.1:$peer_port" --initial-cluster-state new \
-      --log-level warn --logger zap >"$RUN/etcd.log" 2>&1 ) &
-  echo $! > "$RUN/etcd.pid"
-
-  ( cd "$RUN" && exec setsid "$ASSETS/kube-apiserver" \
-      --etcd-servers "http://127.0.0.1:$etcd_port" \
-      --bind-address "$ADDRESS" --advertise-address "$ADDRESS" --secure-port "$api_port" --insecure-port 0 \
-      --tls-cert-file "$RUN/certs/apiserver.crt" --tls-private-key-file "$RUN/certs/apiserver.key" \
-      --client-ca-file "$RUN/certs/ca.crt" --token-auth-file "$RUN/token.csv" \
-      "${mode[@]}" --allow-privileged=true \
-      --service-cluster-ip-range 10.0.0.0/24 \
-      --service-account-issuer https://kubernetes.default.svc.cluster.local \
-      --service-account-key-file "$RUN/certs/sa.pub" --service-account-signing-key-file "$RUN/certs/sa.key" \
-      --cert-dir "$RUN/certs" --profiling=false \
-      --v 1 >"$RUN/apiserver.log" 2>&1 ) &
-  echo $! > "$RUN/apiserver.pid"
-
+  printf 'api_port=%s\netcd_port=%s\npeer_port=%s\naddress=%s\n' "$api_port" "$etcd_port" "$peer_port" "$ADDRESS" > "$RUN/ports"
+  : > "$RUN/etcd.log"; : > "$RUN/apiserver.log"   # launch appends, so that a restart keeps both runs' logs
+  launch "$etcd_port" "$peer_port" "$api_port"
   local ca; ca=$(b64 "$RUN/certs/ca.crt")
   cat > "$RUN/kubeconfig" <<EOF
 apiVersion: v1
@@ -339,8 +315,48 @@ contexts:
 current-context: local
 EOF
   chmod 600 "$RUN/kubeconfig"
-  printf 'api_port=%s\netcd_port=%s\npeer_port=%s\naddress=%s\n' "$api_port" "$etcd_port" "$peer_port" "$ADDRESS" > "$RUN/ports"
 
+  wait_ready "$api_port" "$token" "$t0"
+  log "logs: $RUN/apiserver.log $RUN/etcd.log"
+  print_env
+}
+
+# Starts etcd and kube-apiserver in their own sessions on the given ports, with the certificates
+# and token in $RUN (start makes them; restart reuses them).
+launch() {
+  local etcd_port=$1 peer_port=$2 api_port=$3
+  local -a mode=(--authorization-mode RBAC --disable-admission-plugins ServiceAccount)
+  if [ "$CLUSTER" = 1 ]; then
+    mode=(--authorization-mode "Node,RBAC" --enable-admission-plugins NodeRestriction
+          --kubelet-client-certificate "$RUN/certs/kubelet-client.crt" --kubelet-client-key "$RUN/certs/kubelet-client.key"
+          --kubelet-preferred-address-types InternalIP)
+  fi
+
+  mkdir -p "$RUN/etcd-data"
+  ( cd "$RUN" && exec setsid "$ASSETS/etcd" --name default --data-dir "$RUN/etcd-data" \
+      --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+      --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+      --initial-cluster "default=http://127.0.0.1:$peer_port" --initial-cluster-state new \
+      --log-level warn --logger zap >>"$RUN/etcd.log" 2>&1 ) &
+  echo $! > "$RUN/etcd.pid"
+
+  ( cd "$RUN" && exec setsid "$ASSETS/kube-apiserver" \
+      --etcd-servers "http://127.0.0.1:$etcd_port" \
+      --bind-address "$ADDRESS" --advertise-address "$ADDRESS" --secure-port "$api_port" --insecure-port 0 \
+      --tls-cert-file "$RUN/certs/apiserver.crt" --tls-private-key-file "$RUN/certs/apiserver.key" \
+      --client-ca-file "$RUN/certs/ca.crt" --token-auth-file "$RUN/token.csv" \
+      "${mode[@]}" --allow-privileged=true \
+      --service-cluster-ip-range 10.0.0.0/24 \
+      --service-account-issuer https://kubernetes.default.svc.cluster.local \
+      --service-account-key-file "$RUN/certs/sa.pub" --service-account-signing-key-file "$RUN/certs/sa.key" \
+      --cert-dir "$RUN/certs" --profiling=false \
+      --v 1 >>"$RUN/apiserver.log" 2>&1 ) &
+  echo $! > "$RUN/apiserver.pid"
+}
+
+# Waits for /readyz and the 'default' namespace (created asynchronously by the apiserver).
+wait_ready() {
+  local api_port=$1 token=$2 t0=$3
   local deadline=$(( $(date +%s) + ${CP_START_TIMEOUT:-120} ))
   until [ "$(curl -s --max-time 2 --cacert "$RUN/certs/ca.crt" -H "Authorization: Bearer $token" \
                "https://$ADDRESS:$api_port/readyz" 2>/dev/null)" = ok ]; do
@@ -349,15 +365,32 @@ EOF
     if [ "$(date +%s)" -ge "$deadline" ]; then tail -n 30 "$RUN/apiserver.log" >&2; die "timed out waiting for /readyz"; fi
     sleep 0.2
   done
-  # the 'default' namespace is created asynchronously by the apiserver; wait for it too
   until curl -sf --max-time 2 --cacert "$RUN/certs/ca.crt" -H "Authorization: Bearer $token" \
           "https://$ADDRESS:$api_port/api/v1/namespaces/default" >/dev/null 2>&1; do
     [ "$(date +%s)" -lt "$deadline" ] || die "timed out waiting for namespace default"
     sleep 0.2
   done
   local ms=$(( ($(date +%s%N) - t0) / 1000000 ))
-  log "kube-apiserver $K8S_UPSTREAM ready at https://$ADDRESS:$api_port (etcd 127.0.0.1:$etcd_port) in ${ms}ms"
-  log "logs: $RUN/apiserver.log $RUN/etcd.log"
+  log "kube-apiserver $K8S_UPSTREAM ready at https://$ADDRESS:$api_port in ${ms}ms"
+}
+
+# Stops both servers and starts them again on the same ports with the same certificates, token
+# and etcd data: what a control-plane node's reboot looks like to clients (kubeconfigs stay
+# valid; watches break and must resume).
+cmd_restart() {
+  [ -f "$RUN/ports" ] && [ -f "$RUN/token.csv" ] || die "nothing to restart in $RUN; run: $0 start"
+  local t0; t0=$(date +%s%N)
+  local api_port etcd_port peer_port
+  api_port=$(sed -n 's/^api_port=//p' "$RUN/ports")
+  etcd_port=$(sed -n 's/^etcd_port=//p' "$RUN/ports")
+  peer_port=$(sed -n 's/^peer_port=//p' "$RUN/ports")
+  local token; token=$(cut -d, -f1 "$RUN/token.csv")
+  stop_pid "$RUN/apiserver.pid"
+  stop_pid "$RUN/etcd.pid"
+  local down_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  launch "$etcd_port" "$peer_port" "$api_port"
+  wait_ready "$api_port" "$token" "$t0"
+  log "restarted (stopping took ${down_ms}ms); same port, certificates, token and etcd data"
   print_env
 }
 
@@ -391,8 +424,9 @@ cmd_status() {
 case "${1:-}" in
   install) cmd_install ;;
   start)   cmd_start ;;
+  restart) cmd_restart ;;
   stop)    cmd_stop ;;
   status)  cmd_status ;;
   env)     print_env ;;
-  *) echo "usage: $0 {install|start|stop|status|env}" >&2; exit 2 ;;
+  *) echo "usage: $0 {install|start|restart|stop|status|env}" >&2; exit 2 ;;
 esac

@@ -29,6 +29,7 @@ use kube::{Client, Config};
 
 pub mod cluster;
 pub mod local;
+pub mod process;
 pub mod specs;
 pub mod world;
 
@@ -72,7 +73,44 @@ fn start_control_plane() -> Result<PathBuf> {
         );
     }
     stop_when_this_process_exits(&script, "CP_RUN_DIR", &run_dir)?;
+    let _ = PRIVATE_RUN_DIR.set(run_dir.clone());
     Ok(run_dir.join("kubeconfig"))
+}
+
+/// The state folder of the control plane this test binary started, if it started one.
+static PRIVATE_RUN_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Restarts the test control plane (`scripts/control-plane.sh restart`): kube-apiserver and
+/// etcd stop and start again on the same port with the same certificates, token and data, so
+/// every client keeps its kubeconfig and every watch breaks. Every test of the binary sees the
+/// outage: run it only where no other test runs beside it.
+///
+/// # Errors
+/// When the control plane is not one `scripts/control-plane.sh` started (`CP_RUN_DIR` unset and
+/// none started by this binary), or the restart fails.
+pub fn restart_control_plane() -> Result<Duration> {
+    kubeconfig();
+    let run_dir = match std::env::var_os("CP_RUN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PRIVATE_RUN_DIR.get().cloned().context(
+            "KUBECONFIG names a cluster this test cannot restart: set CP_RUN_DIR to its \
+             scripts/control-plane.sh state folder (scripts/with-control-plane.sh does)",
+        )?,
+    };
+    let script = workspace_root().join("scripts/control-plane.sh");
+    let started = std::time::Instant::now();
+    let output = std::process::Command::new(&script)
+        .arg("restart")
+        .env("CP_RUN_DIR", &run_dir)
+        .output()
+        .with_context(|| format!("failed to run {}", script.display()))?;
+    if !output.status.success() {
+        bail!(
+            "control plane did not restart: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(started.elapsed())
 }
 
 /// The kubeconfig of the current (1.36) CRD server, starting one beside the control plane on
