@@ -182,3 +182,7 @@ done
 say "kubectl get policyservices, after the loads (served figures are written when they move)"
 sleep 7
 kubectl get policyservices -n "$NAMESPACE"
+# The scaling benchmark of docs/benchmarks.md, on this cluster (about four more minutes).
+if [ "${DEMO_STEP_LOAD:-0}" = 1 ]; then
+  source scripts/step-load.sh
+fi

@@ -235,8 +235,6 @@ fn planned_only(replicas: u32) -> Value {
 }
 
 #[tokio::test]
-#[ignore = "fails intermittently: a restarted operator can leave PolicyServices unreconciled \
-            (docs/reliability.md, Faults); run with --ignored"]
 async fn an_operator_killed_mid_reconcile_leaves_no_orphaned_or_duplicate_profiles() -> Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
     let scope = Scope::new("faults-kill").await?;
@@ -605,8 +603,6 @@ async fn after_a_control_plane_restart_every_watch_recovers_and_nothing_is_lost(
 }
 
 #[tokio::test]
-#[ignore = "fails: the operator keeps a lost agent's node planned and does not replace it \
-            (docs/reliability.md, Faults); run with --ignored"]
 async fn an_agent_killed_under_load_leaves_the_others_serving_and_its_node_is_replaced()
 -> Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;

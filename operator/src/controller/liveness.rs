@@ -42,6 +42,21 @@ impl Liveness {
         }
     }
 
+    /// Each of `renewals` renewed its Lease at the time given, seen at `now`.
+    #[cfg(test)]
+    pub fn renewed<'a>(
+        renewals: impl IntoIterator<Item = (&'a str, Timestamp)>,
+        now: Timestamp,
+    ) -> Self {
+        Self {
+            renewed: renewals
+                .into_iter()
+                .map(|(n, at)| (n.to_owned(), at))
+                .collect(),
+            now,
+        }
+    }
+
     fn timeout() -> jiff::SignedDuration {
         jiff::SignedDuration::from_secs(i64::try_from(AGENT_LEASE_TIMEOUT_SECONDS).unwrap_or(40))
     }
@@ -51,6 +66,12 @@ impl Liveness {
         self.renewed
             .get(node)
             .is_some_and(|at| self.now.duration_since(*at) <= Self::timeout())
+    }
+
+    /// Whether `node`'s agent had a Lease and stopped renewing it: the agent is gone, not
+    /// merely not started yet.
+    pub fn is_lost(&self, node: &str) -> bool {
+        self.renewed.contains_key(node) && !self.is_live(node)
     }
 
     /// How long until the first of `nodes` that is live now stops being live, if none renews:

@@ -114,6 +114,35 @@ struct Context {
     /// applied again only once a resync interval has passed (repairing edits and deletions by
     /// others) rather than on every reconcile.
     published: Mutex<HashMap<ObjectRef<PolicyService>, (service::Published, Instant)>>,
+    /// Set once the Node, profile and Lease caches hold their first full list. Reconciles wait
+    /// on this, not on each cache: a cache's readiness wakes only the last of several tasks
+    /// waiting on it (kube-runtime's `DelayedInit` keeps one waker), so sixteen reconciles
+    /// waiting at start-up left fifteen parked for good.
+    caches_ready: tokio::sync::OnceCell<()>,
+}
+
+impl Context {
+    /// Waits until every cache a reconcile reads is filled; one task waits on the caches,
+    /// every other on it.
+    async fn caches_ready(&self) -> Result<()> {
+        self.caches_ready
+            .get_or_try_init(|| async {
+                self.nodes
+                    .wait_until_ready()
+                    .await
+                    .map_err(|_| Error::CacheStopped("Node"))?;
+                self.profiles
+                    .wait_until_ready()
+                    .await
+                    .map_err(|_| Error::CacheStopped("OptimizationProfile"))?;
+                self.leases
+                    .wait_until_ready()
+                    .await
+                    .map_err(|_| Error::CacheStopped("Lease"))
+            })
+            .await
+            .map(|_| ())
+    }
 }
 
 /// The metadata-only view of a Node the controller caches (labels, no status).
@@ -251,6 +280,7 @@ pub async fn run_controller(
         failures: Mutex::default(),
         endpoints_api,
         published: Mutex::default(),
+        caches_ready: tokio::sync::OnceCell::new(),
     });
 
     tracing::info!(namespace = ?namespace, %node_selector, "controller started");
@@ -311,18 +341,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The reconcile proper, for a PolicyService that is not being deleted.
 async fn apply(ps: &PolicyService, ctx: &Context) -> Result<Action> {
-    ctx.nodes
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::CacheStopped("Node"))?;
-    ctx.profiles
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::CacheStopped("OptimizationProfile"))?;
-    ctx.leases
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::CacheStopped("Lease"))?;
+    ctx.caches_ready().await?;
     let now = Timestamp::now();
     let time = Time(now);
     let previous = ps.status.clone();

@@ -74,6 +74,8 @@ enum Standing {
     Measured(Descending),
     /// Nothing measured: by class.
     Unmeasured(u8),
+    /// Its agent stopped renewing its Lease: last, whatever it measured before.
+    Lost,
 }
 
 /// An f64 that orders from high to low.
@@ -113,7 +115,9 @@ pub fn rank<'a>(
                 (node.capacity.usable_cpus.max(1), "CPU")
             };
             let efficiency = measured_rps.map(|rps| rps / f64::from(per));
+            let lost = liveness.is_lost(&node.name);
             let standing = match (profile, efficiency) {
+                _ if lost => Standing::Lost,
                 (Some(p), _) if is_serving(p, liveness) => Standing::Serving,
                 (Some(p), _) if !reports_serving(p) => Standing::Planned,
                 (_, Some(e)) => Standing::Measured(Descending(e)),
@@ -130,8 +134,13 @@ pub fn rank<'a>(
                 Standing::Planned => format!("already planned ({figures})"),
                 Standing::Measured(_) => figures,
                 Standing::Unmeasured(_) => format!("{figures}; ranked by class ({class})"),
+                Standing::Lost => format!(
+                    "agent lost: its Lease is {} s old ({figures})",
+                    liveness.age_seconds(&node.name).unwrap_or_default()
+                ),
             };
             let capacity = match (measured_rps, lowest.get(&class)) {
+                _ if lost => Estimate::Lost,
                 (Some(rps), _) => Estimate::Measured(rps),
                 (None, Some(rps)) => Estimate::Estimated { rps: *rps, class },
                 (None, None) => Estimate::Unknown,
@@ -238,6 +247,41 @@ mod tests {
         let ranked = rank(eligible, &owned, &live, &measured);
         assert_eq!(order(&ranked), ["old", "better"]);
         assert!(ranked[0].why.starts_with("already serving"));
+    }
+
+    #[test]
+    fn a_node_whose_agent_was_lost_ranks_last_and_counts_nothing() {
+        let ps = PolicyServiceBuilder::new("ps").build();
+        let nodes = [cpu("dead", 16, "balanced"), cpu("fresh", 4, "balanced")];
+        let serving = ProfileBuilder::for_node(&ps, "dead")
+            .serving()
+            .capacity(4000.0, 1.0, 10.0)
+            .build();
+        let owned = HashMap::from([("dead", &serving)]);
+        let measured = ModelCapacities::from([("dead".into(), 4000.0)]);
+        // "dead" renewed a minute ago (the timeout is 40 s); "fresh" has no Lease yet.
+        let now = Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_secs(3600);
+        let before = now - jiff::SignedDuration::from_secs(60);
+        let live = Liveness::renewed([("dead", before)], now);
+        let eligible = nodes.iter().map(|n| (n, n.class().unwrap())).collect();
+        let ranked = rank(eligible, &owned, &live, &measured);
+        assert_eq!(order(&ranked), ["fresh", "dead"]);
+        assert_eq!(ranked[1].candidate.capacity, Estimate::Lost);
+        assert!(
+            ranked[1]
+                .why
+                .starts_with("agent lost: its Lease is 60 s old"),
+            "{}",
+            ranked[1].why
+        );
+        // The live node of the same class counts as what the lost one measured.
+        assert_eq!(
+            ranked[0].candidate.capacity,
+            Estimate::Estimated {
+                rps: 4000.0,
+                class: HardwareClass::Balanced
+            }
+        );
     }
 
     #[test]

@@ -33,14 +33,22 @@ pub enum Estimate {
     },
     /// Nothing measured on this node or its class: counts as 0.
     Unknown,
+    /// The node's agent stopped renewing its Lease: whatever it measured, it serves nothing
+    /// now, so it counts as 0.
+    Lost,
 }
 
 impl Estimate {
     fn rps(&self) -> f64 {
         match self {
             Self::Measured(rps) | Self::Estimated { rps, .. } => *rps,
-            Self::Unknown => 0.0,
+            Self::Unknown | Self::Lost => 0.0,
         }
+    }
+
+    /// Whether this is a figure at all (measured here or on the node's class).
+    fn is_known(&self) -> bool {
+        matches!(self, Self::Measured(_) | Self::Estimated { .. })
     }
 
     fn describe(&self, node: &str) -> String {
@@ -50,6 +58,7 @@ impl Estimate {
                 format!("{node} {rps:.0} (estimated: lowest measured {class})")
             }
             Self::Unknown => format!("{node} 0 (estimated: unmeasured)"),
+            Self::Lost => format!("{node} 0 (agent lost)"),
         }
     }
 }
@@ -138,11 +147,7 @@ fn recommend(input: &ScalingInput) -> (u32, String) {
             .map_or_else(|| "none".to_owned(), |t| format!("{t:.0}")),
         demand.map_or_else(|| "unmeasured".to_owned(), |d| format!("{d:.0}")),
     );
-    if input
-        .candidates
-        .iter()
-        .all(|c| c.capacity == Estimate::Unknown)
-    {
+    if !input.candidates.iter().any(|c| c.capacity.is_known()) {
         let keep = input.current.unwrap_or(min).clamp(min, max);
         return (
             keep,
@@ -255,11 +260,7 @@ pub fn decide(
 /// estimated) fall short of it.
 fn unreachable(input: &ScalingInput) -> Option<String> {
     let target = input.target_rps?;
-    if input
-        .candidates
-        .iter()
-        .all(|c| c.capacity == Estimate::Unknown)
-    {
+    if !input.candidates.iter().any(|c| c.capacity.is_known()) {
         return None;
     }
     let most = input.candidates.len().min(input.max_replicas as usize);
