@@ -17,7 +17,7 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 source "${POLICYSERVE_CACHE:-$HOME/.cache/policyserve}/env.sh"
 say "building release binaries"
-cargo build -q --release -p policyserve-agent -p policyserve-operator --example loadgen
+cargo build -q --release -p policyserve-agent -p policyserve-operator --bins --example loadgen
 
 RUN="$(mktemp -d -t policyserve-demo.XXXXXX)"
 export CP_RUN_DIR="$RUN/control-plane"
