@@ -9,7 +9,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 : "${DEMO_TIMEOUT_SECONDS:=300}"
-: "${DEMO_TUNING_BUDGET_SECONDS:=8}"
+: "${DEMO_TUNING_BUDGET_SECONDS:=20}"
 NAMESPACE=demo
 BIN="$ROOT/target/release"
 

@@ -41,6 +41,7 @@ for fraction in $STEP_FRACTIONS; do
   offered=$("$POLICYSERVE_PYTHON" -c "print(round($fraction * $one_node))")
   share=$("$POLICYSERVE_PYTHON" -c "print(max(1, round($offered / max(1, ${#targets[@]}))))")
   jsons=()
+  loads=()
   for i in "${!targets[@]}"; do
     read -r target model <<<"${targets[$i]}"
     json="$RUN/step-$(date +%s)-$i.json"
@@ -48,8 +49,10 @@ for fraction in $STEP_FRACTIONS; do
     "$BIN/examples/loadgen" --target "http://$target" --model "$model" --row-len 16 \
       --concurrency '' --open-rate "$share" --duration "$STEP_SECONDS" --warm-up 0 \
       --json "$json" >/dev/null 2>>"$RUN/step-load.log" &
+    loads+=($!)
   done
-  wait
+  # Only the load generators: a bare `wait` would wait for the demo's agents too.
+  [ "${#loads[@]}" -eq 0 ] || wait "${loads[@]}"
   got=$("$POLICYSERVE_PYTHON" - "${jsons[@]}" <<'EOF'
 import json, sys
 rps = late = errors = 0
