@@ -156,8 +156,10 @@ echo "|---|---|---|---|---|---|---|---|"
 kubectl get optimizationprofiles -n "$NAMESPACE" -o jsonpath=\
 '{range .items[*]}{.metadata.name} {.spec.policyService} {.status.capacity.throughputRps} {.status.capacity.latencyP99Ms} {.status.endpoint.address}:{.status.endpoint.port} {.status.endpoint.modelName}{"\n"}{end}' |
 while read -r name policy rps p99 target model; do
-  if [ -z "$rps" ] || [ "${rps%.*}" -le 0 ]; then
-    echo "| $name | ${rps:-unmeasured} | ${p99:--} | - | - | - | - | - |"
+  # A profile not measured yet prints empty fields, which `read` collapses: no number here.
+  if ! [[ "$rps" =~ ^[0-9]+(\.[0-9]+)?$ ]] || [ "${rps%.*}" -le 0 ]; then
+    [[ "$rps" =~ ^[0-9] ]] || { rps=unmeasured; p99=-; }
+    echo "| $name | $rps | $p99 | - | - | - | - | - |"
     continue
   fi
   # The examples' models take 16 (cartpole's tiny model) or 64 observation values.
