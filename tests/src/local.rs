@@ -267,35 +267,48 @@ pub fn tiny_spec(config_map: &str, targets: Value) -> Value {
     })
 }
 
-/// Sends one observation to the model behind a serving profile and returns the action.
+/// Where a serving profile is reached (`http://address:port`) and a request of `rows`
+/// observations of `width` values for its model.
 ///
 /// # Errors
-/// When the profile has no endpoint or the request fails.
-pub async fn infer_through(profile: &OptimizationProfile, width: usize) -> Result<Vec<f32>> {
+/// When the profile has no endpoint.
+pub fn served_request(
+    profile: &OptimizationProfile,
+    width: usize,
+    rows: usize,
+) -> Result<(String, ModelInferRequest)> {
     let endpoint = profile
         .status
         .as_ref()
         .and_then(|s| s.endpoint.clone())
         .context("no endpoint")?;
-    let mut client = GrpcInferenceServiceClient::connect(format!(
-        "http://{}:{}",
-        endpoint.address, endpoint.port
-    ))
-    .await?;
     let request = ModelInferRequest {
         model_name: endpoint.model_name.clone(),
         inputs: vec![InferInputTensor {
             name: "obs".into(),
             datatype: "FP32".into(),
-            shape: vec![1, width as i64],
+            shape: vec![rows as i64, width as i64],
             contents: Some(InferTensorContents {
-                fp32_contents: vec![0.25; width],
+                fp32_contents: vec![0.25; rows * width],
                 ..Default::default()
             }),
             ..Default::default()
         }],
         ..Default::default()
     };
+    Ok((
+        format!("http://{}:{}", endpoint.address, endpoint.port),
+        request,
+    ))
+}
+
+/// Sends one observation to the model behind a serving profile and returns the action.
+///
+/// # Errors
+/// When the profile has no endpoint or the request fails.
+pub async fn infer_through(profile: &OptimizationProfile, width: usize) -> Result<Vec<f32>> {
+    let (url, request) = served_request(profile, width, 1)?;
+    let mut client = GrpcInferenceServiceClient::connect(url).await?;
     let response = client.model_infer(request).await?.into_inner();
     Ok(response
         .outputs
@@ -352,30 +365,8 @@ pub async fn load(
     clients: usize,
     duration: Duration,
 ) -> Result<u64> {
-    let endpoint = profile
-        .status
-        .as_ref()
-        .and_then(|s| s.endpoint.clone())
-        .context("no endpoint")?;
-    let client = GrpcInferenceServiceClient::connect(format!(
-        "http://{}:{}",
-        endpoint.address, endpoint.port
-    ))
-    .await?;
-    let request = ModelInferRequest {
-        model_name: endpoint.model_name.clone(),
-        inputs: vec![InferInputTensor {
-            name: "obs".into(),
-            datatype: "FP32".into(),
-            shape: vec![rows as i64, width as i64],
-            contents: Some(InferTensorContents {
-                fp32_contents: vec![0.25; rows * width],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
+    let (url, request) = served_request(profile, width, rows)?;
+    let client = GrpcInferenceServiceClient::connect(url).await?;
     let until = Instant::now() + duration;
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
@@ -412,30 +403,8 @@ pub async fn burst_load(
     every: Duration,
     duration: Duration,
 ) -> Result<u64> {
-    let endpoint = profile
-        .status
-        .as_ref()
-        .and_then(|s| s.endpoint.clone())
-        .context("no endpoint")?;
-    let client = GrpcInferenceServiceClient::connect(format!(
-        "http://{}:{}",
-        endpoint.address, endpoint.port
-    ))
-    .await?;
-    let request = ModelInferRequest {
-        model_name: endpoint.model_name.clone(),
-        inputs: vec![InferInputTensor {
-            name: "obs".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, width as i64],
-            contents: Some(InferTensorContents {
-                fp32_contents: vec![0.25; width],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
+    let (url, request) = served_request(profile, width, 1)?;
+    let client = GrpcInferenceServiceClient::connect(url).await?;
     let until = Instant::now() + duration;
     let mut tick = tokio::time::interval(every);
     let mut answered = 0;
