@@ -205,6 +205,9 @@ impl StatusWriter {
                 tuning.swept.len(),
             ),
         };
+        if let Some(why) = chosen.why_no_capacity() {
+            message.push_str(&format!("; {why}"));
+        }
         if !chosen.fallbacks.is_empty() {
             message.push_str(&format!("; fallbacks: {}", chosen.fallbacks.join("; ")));
         }
@@ -421,6 +424,37 @@ mod tests {
             targets_reason(&[miss(Target::Throughput)]),
             "ThroughputTargetMissed"
         );
+    }
+
+    #[test]
+    fn a_capacity_of_zero_says_which_rate_failed_and_why() {
+        use crate::tuner::sweep::StepRecord;
+        let step = |rate: f64, failure: Option<&str>| StepRecord {
+            rate_rps: rate,
+            passed: failure.is_none(),
+            failure: failure.map(str::to_string),
+            latency_p99_ms: Some(1.0),
+        };
+        let mut zero = tuning(capacity(0.0, 1.0, None));
+        zero.chosen.steps = vec![
+            step(200.0, Some("answers not OK: 3 Unavailable")),
+            step(
+                50.0,
+                Some("only 97.0% of requests left within 1 ms of their schedule"),
+            ),
+        ];
+        let mut writer = StatusWriter::new(None, Some(1));
+        writer.tuned(&zero, None);
+        let tuned = &condition(&writer, TUNED).message;
+        assert!(
+            tuned.contains("no rate held twice; at 50 rps only 97.0% of requests left"),
+            "{tuned}"
+        );
+
+        let mut held = tuning(capacity(900.0, 1.0, None));
+        held.chosen.steps = vec![step(1800.0, Some("p99 over target"))];
+        writer.tuned(&held, None);
+        assert!(!condition(&writer, TUNED).message.contains("no rate held"));
     }
 
     #[test]

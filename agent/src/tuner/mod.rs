@@ -104,6 +104,26 @@ pub struct Swept {
     pub steps: Vec<StepRecord>,
 }
 
+impl Swept {
+    /// Why no rate held, when none did: the lowest rate tried and its failure (a capacity of 0
+    /// says nothing a person can act on without it).
+    pub fn why_no_capacity(&self) -> Option<String> {
+        if self.capacity.throughput_rps > 0.0 {
+            return None;
+        }
+        let lowest = self
+            .steps
+            .iter()
+            .filter(|s| !s.passed)
+            .min_by(|a, b| a.rate_rps.total_cmp(&b.rate_rps))?;
+        Some(format!(
+            "no rate held twice; at {} rps {}",
+            lowest.rate_rps,
+            lowest.failure.as_deref().unwrap_or("the step failed")
+        ))
+    }
+}
+
 /// What tuning found: the ranking, the sweeps, and the configuration chosen from them.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
