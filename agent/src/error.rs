@@ -1,87 +1,29 @@
-//! The agent's one error type.
+//! The agent's error type: the engine's and the fetcher's errors, each kept whole, and what
+//! the agent itself adds (Kubernetes, hardware, TLS, files, settings).
 
 use std::path::PathBuf;
 
 /// Everything that can go wrong in the agent, with the context a person needs to act.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// ONNX Runtime's library could not be found or loaded.
-    #[error("failed to load ONNX Runtime: {0}")]
-    OnnxRuntime(String),
-    /// A model file could not be read.
-    #[error("failed to read model {path}: {source}")]
-    ReadModel {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A model file could not be fetched (ConfigMap, download or node path).
-    #[error("failed to fetch model from {source_name}: {reason}")]
-    ModelFetch {
-        /// Where it was fetched from.
-        source_name: String,
-        /// Why it failed.
-        reason: String,
-    },
-    /// A downloaded model does not have the digest the PolicyService names.
-    #[error("model from {uri} has sha256 {actual}, expected {expected}")]
-    HashMismatch {
-        /// The download address.
-        uri: String,
-        /// The digest in the spec.
-        expected: String,
-        /// The digest of what arrived.
-        actual: String,
-    },
+    /// The engine failed: ONNX Runtime, a model, or a request.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::Error),
+    /// A model file could not be fetched.
+    #[error(transparent)]
+    Fetch(#[from] crate::fetch::Error),
     /// Serving the model would exceed its memory limit.
     #[error("{0}")]
     MemoryLimitExceeded(String),
-    /// ONNX Runtime refused the model (corrupt file, unsupported operator, ...).
-    #[error("failed to load model {model}: {reason}")]
-    ModelLoad {
-        /// Model name or file.
-        model: String,
-        /// ONNX Runtime's words.
-        reason: String,
-    },
-    /// The model loads but the engine cannot serve it (inputs, outputs, dtypes, batch dimension).
-    #[error("unsupported model {model}: {reason}")]
-    UnsupportedModel {
-        /// Model name or file.
-        model: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// A request does not fit the model.
-    #[error("invalid request: {0}")]
-    InvalidRequest(String),
-    /// The batcher's queue is full; the caller should back off.
-    #[error("queue full: {0} requests waiting")]
-    QueueFull(usize),
-    /// The work queued for a model would exceed its byte bound
-    /// (`EngineOptions::max_queued_bytes`); the caller should back off.
-    #[error("queue full: {queued_bytes} bytes of requests waiting (bound {limit_bytes})")]
-    QueueBytesFull {
-        /// Bytes held by requests already accepted.
-        queued_bytes: usize,
-        /// Bytes the refused request would have added.
-        request_bytes: usize,
-        /// The bound.
-        limit_bytes: usize,
-    },
-    /// The request's deadline passed before it ran.
-    #[error("deadline exceeded after {0:?} in the queue")]
-    DeadlineExceeded(std::time::Duration),
-    /// The engine is shutting down.
-    #[error("engine stopped")]
-    Stopped,
-    /// ONNX Runtime failed while running a batch.
-    #[error("inference failed: {0}")]
-    Inference(String),
     /// The load generator of a capacity sweep could not run.
     #[error("load generator: {0}")]
     Load(String),
+    /// A capacity probe's engine is not where the sweep left it (a bug, never a user's doing).
+    #[error("capacity probe {0}")]
+    Probe(String),
+    /// A task on the blocking pool panicked or was cancelled.
+    #[error("a background task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
     /// An invalid setting or argument.
     #[error("invalid configuration: {0}")]
     Config(String),

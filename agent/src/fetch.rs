@@ -28,8 +28,10 @@ use kube::{Api, Client};
 use policyserve_crds::{ModelSource, ModelSpec, Precision};
 use sha2::{Digest, Sha256};
 
+mod error;
+
+pub use self::error::{Error, Result};
 use crate::engine::ModelFiles;
-use crate::{Error, Result};
 
 /// Default largest model file, bytes: a policy model is small, and a wrong URL or path should
 /// neither fill the node's disk nor its memory.
@@ -195,7 +197,7 @@ impl Fetcher {
     /// caches downloads in `cache_dir`.
     ///
     /// # Errors
-    /// [`Error::Config`] when the HTTP client cannot be built (no TLS roots).
+    /// [`Error::Client`] when the HTTP client cannot be built (no TLS roots).
     pub fn new(client: Client, cache_dir: PathBuf) -> Result<Self> {
         Self::with_options(client, cache_dir, FetchOptions::default())
     }
@@ -203,7 +205,7 @@ impl Fetcher {
     /// A fetcher with `options`.
     ///
     /// # Errors
-    /// [`Error::Config`] when the HTTP client cannot be built (no TLS roots).
+    /// [`Error::Client`] when the HTTP client cannot be built (no TLS roots).
     pub fn with_options(client: Client, cache_dir: PathBuf, options: FetchOptions) -> Result<Self> {
         let max_redirects = options.max_redirects;
         let http = reqwest::Client::builder()
@@ -221,7 +223,7 @@ impl Fetcher {
                 },
             ))
             .build()
-            .map_err(|e| Error::Config(format!("failed to build the HTTP client: {e}")))?;
+            .map_err(Error::Client)?;
         Ok(Self {
             client,
             http,
@@ -255,7 +257,7 @@ impl Fetcher {
     /// owns what it needs, so that the whole fetch stays `Send` for the task that runs it.
     ///
     /// # Errors
-    /// [`Error::ModelFetch`] or [`Error::HashMismatch`], naming the source and, after retries,
+    /// [`Error::Failed`] or [`Error::HashMismatch`], naming the source and, after retries,
     /// how many attempts were made.
     pub async fn model_with_retries<Fut>(
         &self,
@@ -276,13 +278,14 @@ impl Fetcher {
                 .await?;
             files.insert(precision, bytes);
         }
-        ModelFiles::new(name, files)
+        // fp32 is the first source above, so this cannot fail.
+        ModelFiles::new(name, files).map_err(|e| fetch_error(name, e))
     }
 
     /// One file, retried on transient failures (see [`Fetcher::model_with_retries`]).
     ///
     /// # Errors
-    /// [`Error::ModelFetch`] or [`Error::HashMismatch`].
+    /// [`Error::Failed`] or [`Error::HashMismatch`].
     pub async fn fetch_with_retries<Fut>(
         &self,
         namespace: &str,
@@ -327,7 +330,7 @@ impl Fetcher {
     /// One file, one attempt.
     ///
     /// # Errors
-    /// [`Error::ModelFetch`] or [`Error::HashMismatch`].
+    /// [`Error::Failed`] or [`Error::HashMismatch`].
     pub async fn fetch(&self, namespace: &str, source: &ModelSource) -> Result<Arc<[u8]>> {
         self.attempt(namespace, source).await.map_err(|f| f.error)
     }
@@ -505,7 +508,7 @@ pub fn redirect_verdict(
 /// file system is asked anything about them, so the error tells nothing about files there.
 ///
 /// # Errors
-/// [`Error::ModelFetch`] saying which rule the path breaks and what to change.
+/// [`Error::Failed`] saying which rule the path breaks and what to change.
 pub fn read_model_path(root: &Path, path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
     let source = format!("model.path {}", path.display());
     let fail = |reason: String| fetch_error(&source, reason);
@@ -617,7 +620,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn fetch_error(source: &str, reason: impl std::fmt::Display) -> Error {
-    Error::ModelFetch {
+    Error::Failed {
         source_name: source.to_owned(),
         reason: reason.to_string(),
     }
@@ -626,10 +629,10 @@ fn fetch_error(source: &str, reason: impl std::fmt::Display) -> Error {
 /// The final error of a fetch that failed `attempts` times.
 fn gave_up(failure: Failure, attempts: u32) -> Error {
     match failure.error {
-        Error::ModelFetch {
+        Error::Failed {
             source_name,
             reason,
-        } if attempts > 1 => Error::ModelFetch {
+        } if attempts > 1 => Error::Failed {
             source_name,
             reason: format!("{reason} (gave up after {attempts} attempts)"),
         },

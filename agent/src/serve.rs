@@ -211,7 +211,9 @@ pub async fn serve_grpc_on<M: Models>(
         .as_ref()
         .map(|tls| tokio::spawn(Arc::clone(tls).keep_reloaded()));
 
-    let service = InferenceService::new(models, metrics).into_server(max_message_bytes);
+    let service = InferenceService::new(models, metrics);
+    let tally = service.tally();
+    let service = service.into_server(max_message_bytes);
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(service);
@@ -241,6 +243,12 @@ pub async fn serve_grpc_on<M: Models>(
     if let Some(reloading) = reloading {
         reloading.abort();
     }
+    // The account a drain is judged by: every request taken into a handler was answered.
+    tracing::info!(
+        accepted = tally.accepted(),
+        answered = tally.answered(),
+        "gRPC drained"
+    );
     let _ = drained.send(());
     if let Some(health_server) = health_server {
         health_server.await??;

@@ -109,9 +109,19 @@ impl Window {
     /// The figures of the last full window before `now` (the current, partial second is
     /// left out so that a window is always whole seconds).
     pub fn summary(&self, now: Instant) -> Served {
-        let elapsed = now.saturating_duration_since(self.origin).as_secs();
-        // Whole seconds covered: the window, or less while the model is new.
-        let span = elapsed.min(self.seconds);
+        Served {
+            window_seconds: u32::try_from(self.seconds).unwrap_or(u32::MAX),
+            ..self.summary_between(self.origin, now)
+        }
+    }
+
+    /// The figures of the whole seconds from `from` to `to` that the window still holds (at
+    /// most its length, ending at `to`); `window_seconds` says how many seconds they cover.
+    pub fn summary_between(&self, from: Instant, to: Instant) -> Served {
+        let elapsed = to.saturating_duration_since(self.origin).as_secs();
+        let start = from.saturating_duration_since(self.origin).as_secs();
+        // Whole seconds covered: the window, or less while the model is new or the range short.
+        let span = elapsed.saturating_sub(start).min(self.seconds);
         let first = elapsed - span;
         let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let mut answered = 0;
@@ -142,7 +152,7 @@ impl Window {
         };
         let quantile = |q: f64| quantile_ms(&latency, answered, q);
         Served {
-            window_seconds: u32::try_from(self.seconds).unwrap_or(u32::MAX),
+            window_seconds: u32::try_from(span.max(1)).unwrap_or(u32::MAX),
             requests: answered,
             throughput_rps: per_second(answered),
             latency_p50_ms: quantile(0.50),
@@ -229,6 +239,33 @@ mod tests {
         assert_eq!(later.throughput_rps, 0.0);
         assert_eq!(later.latency_p99_ms, None);
         assert_eq!(window.arrivals(), 1);
+    }
+
+    #[test]
+    fn a_range_counts_its_own_whole_seconds_and_at_most_the_window() {
+        let window = Window::new(10);
+        let start = window.origin;
+        for second in 0..8u64 {
+            let latency = Duration::from_micros(if second < 4 { 100 } else { 900 });
+            for _ in 0..10 {
+                window.record(start + Duration::from_secs(second), latency, Code::Ok);
+            }
+        }
+        let before = window.summary_between(start, start + Duration::from_secs(4));
+        let during = window.summary_between(
+            start + Duration::from_secs(4),
+            start + Duration::from_secs(8),
+        );
+        assert_eq!((before.requests, before.window_seconds), (40, 4));
+        assert_eq!((during.requests, during.window_seconds), (40, 4));
+        assert!(before.latency_p99_ms.unwrap() < 0.11 && during.latency_p99_ms.unwrap() > 0.89);
+        // A range longer than the window is cut to the window's last seconds.
+        let long = window.summary_between(start, start + Duration::from_secs(14));
+        assert_eq!(
+            (long.requests, long.window_seconds),
+            (40, 10),
+            "seconds 4 … 7"
+        );
     }
 
     #[test]

@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use policyserve_agent::Error;
-use policyserve_agent::engine::{Engine, EngineOptions, ModelFiles, runtime};
+use policyserve_agent::engine::{Engine, EngineOptions, Error, ModelFiles, runtime};
 use policyserve_crds::{EngineConfig, ExecutionProvider, Precision};
 
 fn model_path(name: &str) -> PathBuf {

@@ -14,8 +14,7 @@ use std::time::Duration;
 use hostile_support::{MIB, Reply, Server, identity_model, kube_status, serve};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::ConfigMap;
-use policyserve_agent::Error;
-use policyserve_agent::engine::{Engine, EngineOptions, ModelFiles, runtime};
+use policyserve_agent::engine::{Engine, EngineOptions, Error, ModelFiles, runtime};
 use policyserve_agent::fetch::{
     FetchOptions, Fetcher, Retry, Retrying, hex_sha256, read_model_path,
 };
@@ -84,7 +83,10 @@ fn model_paths_stay_under_the_root_and_are_bounded_regular_files() {
     for (path, expected) in cases {
         let error = read_model_path(&root, Path::new(&path), 1024).unwrap_err();
         let text = error.to_string();
-        assert!(matches!(error, Error::ModelFetch { .. }), "{path}: {text}");
+        assert!(
+            matches!(error, policyserve_agent::fetch::Error::Failed { .. }),
+            "{path}: {text}"
+        );
         assert!(
             text.contains(expected),
             "{path}: {text} should say {expected:?}"
@@ -145,7 +147,7 @@ fn url_source(uri: String, sha256: &str) -> ModelSource {
 async fn fetch_counting(
     fetcher: &Fetcher,
     source: &ModelSource,
-) -> (policyserve_agent::Result<Arc<[u8]>>, Vec<String>) {
+) -> (policyserve_agent::fetch::Result<Arc<[u8]>>, Vec<String>) {
     let mut retries = Vec::new();
     let result = fetcher
         .fetch_with_retries("robots", source, &mut |r: &Retrying<'_>| {

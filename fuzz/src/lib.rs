@@ -5,9 +5,8 @@
 //! as a plain test (`agent/tests/fuzz_corpora.rs` includes this file as a module), so both call
 //! exactly the same code.
 
-use policyserve_agent::Error;
-use policyserve_agent::engine::TensorSpec;
 use policyserve_agent::engine::model::{self, DeclaredTensor};
+use policyserve_agent::engine::{Error, TensorSpec};
 use policyserve_agent::grpc::proto::model_infer_request::InferInputTensor;
 use policyserve_agent::grpc::proto::{InferTensorContents, ModelInferRequest};
 use policyserve_agent::grpc::tensor::{decode_input, to_raw};

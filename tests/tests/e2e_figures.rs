@@ -438,3 +438,67 @@ async fn served_latency_held_above_target_below_capacity_retunes_and_says_why() 
     assert!(driving.await?? > 0);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_first_tune_beside_a_served_model_reports_that_models_latency_before_and_during()
+-> Result<()> {
+    let mut cluster = Cluster::start("fig-beside").await?;
+    cluster.add_node("cpu", "balanced-node.json").await?;
+    cluster
+        .model_config_map("tiny", "policy-mlp-tiny.onnx")
+        .await?;
+    cluster
+        .apply("first", tiny_spec("tiny", json!({"latencyP99Ms": 50.0})))
+        .await?;
+    let first = profile_until(&cluster, "first", "the first model serving", |p| {
+        capacity_of(p).is_some() && p.status.as_ref().is_some_and(|s| s.endpoint.is_some())
+    })
+    .await?;
+    let served_as = first
+        .status
+        .as_ref()
+        .and_then(|s| s.endpoint.as_ref())
+        .map(|e| e.model_name.clone())
+        .context("endpoint")?;
+    // Real traffic at the first model from before the second one's tuning to after it.
+    let driving = tokio::spawn({
+        let profile = first.clone();
+        async move { load(&profile, 16, 1, 2, Duration::from_secs(20)).await }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster
+        .apply("second", tiny_spec("tiny", json!({"latencyP99Ms": 50.0})))
+        .await?;
+    let second = profile_until(&cluster, "second", "the second model tuned", |p| {
+        p.status.as_ref().is_some_and(|s| {
+            conditions::find(&s.conditions, TUNED).is_some_and(|c| c.status == "True")
+        })
+    })
+    .await?;
+    let message = second
+        .status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, TUNED))
+        .map(|c| c.message.clone())
+        .context("Tuned")?;
+    println!("the second model's Tuned: {message}");
+    assert!(
+        message.contains(&format!("served here while it tuned: {served_as} p99 ")),
+        "{message}"
+    );
+    // Both figures come from real requests: the load ran before and through the tuning.
+    let counts = message
+        .rsplit_once('(')
+        .map(|(_, counts)| counts.trim_end_matches(')').to_owned())
+        .context("request counts")?;
+    let numbers: Vec<u64> = counts
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert!(
+        numbers.len() == 2 && numbers.iter().all(|n| *n > 0),
+        "{message}"
+    );
+    assert!(driving.await?? > 0);
+    Ok(())
+}

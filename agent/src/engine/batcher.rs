@@ -22,7 +22,7 @@ use ort::value::TensorRef;
 use tokio::sync::oneshot;
 
 use super::model::ModelSignature;
-use crate::{Error, Result};
+use super::{Error, Result};
 
 /// How the batcher forms batches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,7 +136,7 @@ impl Batcher {
                 std::thread::Builder::new()
                     .name(format!("ort-worker-{index}"))
                     .spawn(move || worker.run())
-                    .map_err(|e| Error::Config(format!("failed to start an inference worker: {e}")))
+                    .map_err(Error::Worker)
             })
             .collect::<Result<_>>()?;
         Ok(Self {

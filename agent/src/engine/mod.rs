@@ -2,6 +2,7 @@
 //! [`EngineConfig`], and the dynamic batcher that serves them.
 
 mod batcher;
+mod error;
 pub mod gpu;
 pub mod model;
 pub mod runtime;
@@ -13,11 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use batcher::{BatchSettings, Batcher, Response};
+pub use error::{Error, Result};
 pub use model::{ModelSignature, TensorSpec};
 use policyserve_crds::{EngineConfig, ExecutionProvider, Precision};
 pub use session::GpuOptions;
-
-use crate::{Error, Result};
 
 /// A model's files, one per precision, held in memory (they come from files, ConfigMaps or
 /// downloads alike). fp32 is always present.

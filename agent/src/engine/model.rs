@@ -8,7 +8,7 @@
 use ort::session::Session;
 use ort::value::{TensorElementType, ValueType};
 
-use crate::{Error, Result};
+use super::{Error, Result};
 
 /// Most elements in one row of any input or output: 16 Mi float32 values, 64 MiB per row. A
 /// policy model's rows are tens to thousands of values; a model declaring more (or dimensions

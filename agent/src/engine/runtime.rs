@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use ort::environment::Environment;
 
-use crate::{Error, Result};
+use super::{Error, Result};
 
 static ENVIRONMENT: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
 

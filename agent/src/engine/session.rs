@@ -9,7 +9,7 @@ use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use policyserve_crds::{EngineConfig, ExecutionProvider, Precision};
 
 use super::runtime;
-use crate::{Error, Result};
+use super::{Error, Result};
 
 /// Settings that belong to the node rather than to one configuration.
 #[derive(Clone, Debug, Default)]

@@ -1,15 +1,16 @@
 //! The KServe V2 / Open Inference Protocol over gRPC. The service is generic over [`Models`]
-//! and is the only place that turns agent errors into `tonic::Status`.
+//! and is the only place that turns engine errors into `tonic::Status`.
 
 pub mod tensor;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use policyserve_crds::PROBE_METADATA;
 use tonic::{Code, Request, Response, Status};
 
-use crate::Error;
+use crate::engine::Error;
 use crate::metrics::{Metrics, ModelLabels, RequestLabels};
 use crate::registry::{Models, ServedModel};
 
@@ -32,17 +33,47 @@ use proto::*;
 /// Server name in ServerMetadata.
 pub const SERVER_NAME: &str = "policyserve";
 
+/// Inference requests a service has taken into a handler and answered (with any status),
+/// probe requests aside: after a drain, equal counts say no accepted request went unanswered.
+#[derive(Debug, Default)]
+pub struct Tally {
+    accepted: AtomicU64,
+    answered: AtomicU64,
+}
+
+impl Tally {
+    /// Requests taken into a handler.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Requests whose handler returned an answer.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
+    }
+}
+
 /// The inference service over a set of models.
 #[derive(Debug)]
 pub struct InferenceService<M> {
     models: Arc<M>,
     metrics: Arc<Metrics>,
+    tally: Arc<Tally>,
 }
 
 impl<M: Models> InferenceService<M> {
     /// A service answering for `models`.
     pub fn new(models: Arc<M>, metrics: Arc<Metrics>) -> Self {
-        Self { models, metrics }
+        Self {
+            models,
+            metrics,
+            tally: Arc::default(),
+        }
+    }
+
+    /// Its running account of requests taken and answered.
+    pub fn tally(&self) -> Arc<Tally> {
+        Arc::clone(&self.tally)
     }
 
     /// The tonic server wrapping this service, with the message size limit applied both ways.
@@ -211,7 +242,7 @@ fn grpc_deadline<T>(request: &Request<T>) -> Option<Instant> {
     Instant::now().checked_add(timeout)
 }
 
-/// The one mapping from agent errors to gRPC status codes.
+/// The one mapping from engine errors (the only ones a request can meet) to gRPC status codes.
 fn status(error: Error) -> Status {
     let message = error.to_string();
     match error {
@@ -291,6 +322,9 @@ impl<M: Models> GrpcInferenceService for InferenceService<M> {
     ) -> Result<Response<ModelInferResponse>, Status> {
         let started = Instant::now();
         let probe = is_probe(&request);
+        if !probe {
+            self.tally.accepted.fetch_add(1, Ordering::Relaxed);
+        }
         let message = request.get_ref();
         let (model, result) = match self.find(&message.model_name, &message.model_version, probe) {
             Ok(model) => {
@@ -303,6 +337,7 @@ impl<M: Models> GrpcInferenceService for InferenceService<M> {
         if !probe {
             let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
             self.record(model.as_deref(), started, code);
+            self.tally.answered.fetch_add(1, Ordering::Relaxed);
         }
         result.map(Response::new)
     }

@@ -6,8 +6,7 @@ use half::f16;
 
 use super::proto::InferTensorContents;
 use super::proto::model_infer_request::InferInputTensor;
-use crate::engine::TensorSpec;
-use crate::{Error, Result};
+use crate::engine::{Error, Result, TensorSpec};
 
 /// The V2 datatype the engine's tensors have.
 pub const FP32: &str = "FP32";

@@ -6,6 +6,7 @@
 //! with the set of profiles. A spec change starts a new worker while the old engine keeps
 //! serving until the new one is ready; a deleted profile's model is unloaded.
 
+pub mod neighbours;
 pub mod status;
 
 use std::collections::HashMap;
@@ -320,7 +321,8 @@ impl ProfileServer {
         let check = files.clone();
         let options = self.config.engine.clone();
         blocking(move || {
-            Engine::load(&check, &policyserve_crds::EngineConfig::default(), &options).map(drop)
+            Engine::load(&check, &policyserve_crds::EngineConfig::default(), &options)?;
+            Ok(())
         })
         .await?;
         writer.loaded();
@@ -349,9 +351,11 @@ impl ProfileServer {
             "tuning"
         );
 
-        let (tuning, engine) = {
+        let budget = Duration::from_secs(u64::from(spec.tuning_budget_seconds.max(1)));
+        let (tuning, engine, beside) = {
             // One tuning or probe at a time: sweeps side by side would measure each other.
             let _turn = self.tuning.lock().await;
+            let before = neighbours::Before::take(&self.registry, budget);
             let (files, targets, options) = (
                 files.clone(),
                 spec.targets.clone(),
@@ -359,8 +363,7 @@ impl ProfileServer {
             );
             let (registry, address) = (Arc::clone(&self.registry), self.config.loopback);
             let tls = self.config.loopback_tls.clone();
-            let budget = Duration::from_secs(u64::from(spec.tuning_budget_seconds.max(1)));
-            blocking(move || {
+            let (tuning, engine) = blocking(move || {
                 let loopback = tuner::Loopback {
                     registry: &registry,
                     address,
@@ -376,9 +379,13 @@ impl ProfileServer {
                     &mut |_| {},
                 )
             })
-            .await?
+            .await?;
+            (tuning, engine, before.effects(&self.registry))
         };
-        writer.tuned(&tuning, retune.as_ref());
+        for effect in &beside {
+            tracing::info!(model, "while tuning, {effect}");
+        }
+        writer.tuned(&tuning, retune.as_ref(), &beside);
         writer.judge(&spec.targets);
         let window = u32::try_from(self.config.served_window.as_secs()).unwrap_or(u32::MAX);
         if let Some(previous) = self
@@ -601,5 +608,5 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| Error::Inference(format!("worker task failed: {e}")))?
+        .map_err(Error::Task)?
 }

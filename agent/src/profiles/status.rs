@@ -7,18 +7,25 @@ use policyserve_crds::{
     Targets, describe, latency_basis,
 };
 
-use crate::Error;
+use super::neighbours::{self, Effect};
 use crate::tuner::Tuning;
+use crate::{Error, fetch};
 
 pub use policyserve_crds::conditions::reasons;
 
 /// The Loaded=False reason for a failure.
 pub fn load_failure_reason(error: &Error) -> &'static str {
     match error {
-        Error::ModelFetch { .. } => reasons::MODEL_FETCH_FAILED,
-        Error::HashMismatch { .. } => reasons::HASH_MISMATCH,
+        Error::Fetch(error) => fetch_failure_reason(error),
         Error::MemoryLimitExceeded(_) => reasons::MEMORY_LIMIT_EXCEEDED,
         _ => reasons::MODEL_LOAD_FAILED,
+    }
+}
+
+fn fetch_failure_reason(error: &fetch::Error) -> &'static str {
+    match error {
+        fetch::Error::HashMismatch { .. } => reasons::HASH_MISMATCH,
+        fetch::Error::Failed { .. } | fetch::Error::Client(_) => reasons::MODEL_FETCH_FAILED,
     }
 }
 
@@ -159,11 +166,11 @@ impl StatusWriter {
 
     /// A fetch attempt failed and will be retried: Loaded=False with the failure's reason and
     /// the attempt count, so that a user sees a missing ConfigMap or a failing server at once.
-    pub fn fetch_retrying(&mut self, retry: &crate::fetch::Retrying<'_>) {
+    pub fn fetch_retrying(&mut self, retry: &fetch::Retrying<'_>) {
         self.set(
             LOADED,
             status::FALSE,
-            load_failure_reason(retry.error),
+            fetch_failure_reason(retry.error),
             retry.to_string(),
         );
     }
@@ -190,8 +197,8 @@ impl StatusWriter {
 
     /// Tuning chose `tuning.chosen`, after ranking and sweeping. `retune` is what an earlier
     /// tuning chose and why it was tuned again: the reason is then `Retuned`, with the old and
-    /// new figures.
-    pub fn tuned(&mut self, tuning: &Tuning, retune: Option<&(Tuned, String)>) {
+    /// new figures. `beside` is what the tuning did to the models served here meanwhile.
+    pub fn tuned(&mut self, tuning: &Tuning, retune: Option<&(Tuned, String)>, beside: &[Effect]) {
         let chosen = &tuning.chosen;
         let now = Tuned {
             config: chosen.config.clone(),
@@ -210,6 +217,9 @@ impl StatusWriter {
         }
         if !chosen.fallbacks.is_empty() {
             message.push_str(&format!("; fallbacks: {}", chosen.fallbacks.join("; ")));
+        }
+        if let Some(beside) = neighbours::describe(beside) {
+            message.push_str(&format!("; {beside}"));
         }
         let reason = if retune.is_some() {
             reasons::RETUNED
@@ -379,26 +389,26 @@ mod tests {
 
     #[test]
     fn failures_map_to_the_reasons_design_names() {
-        let hash = Error::HashMismatch {
+        let hash = Error::from(fetch::Error::HashMismatch {
             uri: "u".into(),
             expected: "a".into(),
             actual: "b".into(),
-        };
+        });
         assert_eq!(load_failure_reason(&hash), "HashMismatch");
         assert_eq!(
             load_failure_reason(&Error::MemoryLimitExceeded("m".into())),
             "MemoryLimitExceeded"
         );
-        let load = Error::ModelLoad {
+        let load = Error::from(crate::engine::Error::ModelLoad {
             model: "m".into(),
             reason: "bad".into(),
-        };
+        });
         assert_eq!(load_failure_reason(&load), "ModelLoadFailed");
-        let fetch = Error::ModelFetch {
+        let fetch_failed = Error::from(fetch::Error::Failed {
             source_name: "cm".into(),
             reason: "gone".into(),
-        };
-        assert_eq!(load_failure_reason(&fetch), "ModelFetchFailed");
+        });
+        assert_eq!(load_failure_reason(&fetch_failed), "ModelFetchFailed");
     }
 
     #[test]
@@ -444,7 +454,7 @@ mod tests {
             ),
         ];
         let mut writer = StatusWriter::new(None, Some(1));
-        writer.tuned(&zero, None);
+        writer.tuned(&zero, None, &[]);
         let tuned = &condition(&writer, TUNED).message;
         assert!(
             tuned.contains("no rate held twice; at 50 rps only 97.0% of requests left"),
@@ -453,7 +463,7 @@ mod tests {
 
         let mut held = tuning(capacity(900.0, 1.0, None));
         held.chosen.steps = vec![step(1800.0, Some("p99 over target"))];
-        writer.tuned(&held, None);
+        writer.tuned(&held, None, &[]);
         assert!(!condition(&writer, TUNED).message.contains("no rate held"));
     }
 
@@ -463,7 +473,7 @@ mod tests {
         writer.loading();
         writer.loaded();
         writer.tuning(30, 36);
-        writer.tuned(&tuning(capacity(900.0, 1.5, Some(40.0))), None);
+        writer.tuned(&tuning(capacity(900.0, 1.5, Some(40.0))), None, &[]);
         writer.judge(&targets(1.0));
         let endpoint = AgentEndpoint {
             address: "10.0.0.5".into(),
@@ -503,7 +513,7 @@ mod tests {
     #[test]
     fn latency_is_judged_on_served_traffic_once_the_window_holds_enough_requests() {
         let mut writer = StatusWriter::new(None, Some(1));
-        writer.tuned(&tuning(capacity(5000.0, 0.5, Some(40.0))), None);
+        writer.tuned(&tuning(capacity(5000.0, 0.5, Some(40.0))), None, &[]);
         assert!(writer.served(served(999, 3.0), 0.1));
         writer.judge(&targets(1.0));
         assert_eq!(
@@ -534,7 +544,7 @@ mod tests {
     #[test]
     fn unmeasured_memory_is_not_judged_within_the_limit() {
         let mut writer = StatusWriter::new(None, Some(1));
-        writer.tuned(&tuning(capacity(5000.0, 0.5, None)), None);
+        writer.tuned(&tuning(capacity(5000.0, 0.5, None)), None, &[]);
         writer.judge(&targets(1.0));
         let met = condition(&writer, TARGETS_MET);
         assert_eq!(met.status, "Unknown");
@@ -556,12 +566,13 @@ mod tests {
     #[test]
     fn a_retuning_says_why_with_the_old_and_the_new_figures() {
         let mut writer = StatusWriter::new(None, Some(2));
-        writer.tuned(&tuning(capacity(5000.0, 0.5, Some(40.0))), None);
+        writer.tuned(&tuning(capacity(5000.0, 0.5, Some(40.0))), None, &[]);
         let before = Tuned::recorded(Some(&writer.status)).unwrap();
         let why = "served latencyP99Ms 3.000 > 1 for 180 s".to_owned();
         writer.tuned(
             &tuning(capacity(7000.0, 0.4, Some(40.0))),
             Some(&(before, why)),
+            &[],
         );
         let tuned = condition(&writer, TUNED);
         assert_eq!(tuned.reason, "Retuned");
@@ -584,10 +595,11 @@ mod tests {
     fn a_failed_load_says_why_and_whether_an_older_model_still_serves() {
         let mut writer = StatusWriter::new(None, Some(1));
         writer.failed(
-            &Error::ModelLoad {
+            &crate::engine::Error::ModelLoad {
                 model: "m".into(),
                 reason: "truncated".into(),
-            },
+            }
+            .into(),
             false,
         );
         assert_eq!(condition(&writer, LOADED).reason, "ModelLoadFailed");

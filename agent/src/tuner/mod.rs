@@ -349,7 +349,7 @@ pub fn method(settings: &SweepSettings) -> String {
 fn take_probe(registry: &ModelRegistry, name: &str) -> Result<Engine> {
     let mut probe = registry
         .remove_probe(name)
-        .ok_or_else(|| Error::Config(format!("probe {name} vanished")))?;
+        .ok_or_else(|| Error::Probe(format!("{name} vanished from the registry")))?;
     // A request the server is still finishing holds a reference for a moment.
     for _ in 0..200 {
         match Arc::try_unwrap(probe) {
@@ -358,7 +358,7 @@ fn take_probe(registry: &ModelRegistry, name: &str) -> Result<Engine> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    Err(Error::Config(format!("probe {name} is still in use")))
+    Err(Error::Probe(format!("{name} is still in use")))
 }
 
 /// GPU memory this process holds when `config` runs on a GPU provider (`None` when the

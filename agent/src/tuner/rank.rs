@@ -37,7 +37,7 @@ pub fn measure(engine: &Engine, settings: MeasureSettings) -> Result<Measurement
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
-        .map_err(|e| Error::Config(format!("failed to start the load generator: {e}")))?;
+        .map_err(|e| Error::Load(format!("failed to start the load generator: {e}")))?;
     let started = Instant::now();
     let stop_at = started + settings.window;
     let client = |client: usize| async move {
