@@ -75,6 +75,16 @@ impl ModelRegistry {
         write(&self.models).remove(name)
     }
 
+    /// Stops serving `name` if `model` is still what serves it (not a replacement).
+    pub fn remove_if_same(&self, name: &str, model: &Arc<ServedModel>) -> Option<Arc<ServedModel>> {
+        let mut models = write(&self.models);
+        if models.get(name).is_some_and(|m| Arc::ptr_eq(m, model)) {
+            models.remove(name)
+        } else {
+            None
+        }
+    }
+
     /// Removes every model and probe (shutdown).
     pub fn clear(&self) -> Vec<Arc<ServedModel>> {
         let mut all: Vec<_> = std::mem::take(&mut *write(&self.models))

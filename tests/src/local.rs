@@ -29,6 +29,8 @@ use crate::{
 pub const TIMEOUT: Duration = Duration::from_secs(90);
 /// The agents' served window in these tests (60 s in a cluster).
 pub const SERVED_WINDOW_SECONDS: u64 = 4;
+/// How long the agents here serve a model after its profile is deleted (30 s in a cluster).
+pub const UNLOAD_GRACE_SECONDS: u64 = 3;
 
 #[derive(Debug)]
 struct Agent {
@@ -136,6 +138,7 @@ impl Cluster {
         .to_vec();
         line.extend([
             format!("--served-window-seconds={SERVED_WINDOW_SECONDS}"),
+            format!("--unload-grace-seconds={UNLOAD_GRACE_SECONDS}"),
             format!("--revalidate-seconds={}", self.revalidate_seconds),
             format!(
                 "--model-cache={}",

@@ -11,7 +11,9 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
 use policyserve_crds::conditions::{self, LOADED, PERFORMANCE_COMPLIANT, READY, SERVING};
 use policyserve_tests::eventually;
-use policyserve_tests::local::{Cluster, TIMEOUT, infer_through, serving, tiny_spec};
+use policyserve_tests::local::{
+    Cluster, TIMEOUT, UNLOAD_GRACE_SECONDS, infer_through, serving, tiny_spec,
+};
 use serde_json::json;
 
 #[tokio::test]
@@ -282,5 +284,56 @@ async fn updating_the_model_reloads_it() -> Result<()> {
             action.len()
         );
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_deleted_profile_is_served_through_the_unload_grace_and_then_unloaded() -> Result<()> {
+    let mut cluster = Cluster::start("e2e-grace").await?;
+    cluster.add_node("cpu", "balanced-node.json").await?;
+    cluster
+        .model_config_map("tiny-model", "policy-mlp-tiny.onnx")
+        .await?;
+    cluster
+        .apply(
+            "walker",
+            tiny_spec("tiny-model", json!({"latencyP99Ms": 50.0})),
+        )
+        .await?;
+    cluster.condition("walker", READY, "True").await?;
+    let profile = cluster.profiles_of("walker").await?.remove(0);
+    assert_eq!(infer_through(&profile, 16).await?.len(), 4);
+
+    // A scale-in to nothing: the profile goes, and with it the node's place in the endpoints.
+    cluster
+        .policy_services()
+        .delete("walker", &DeleteParams::default())
+        .await?;
+    let profiles = cluster.profiles();
+    eventually("the profile to be deleted", TIMEOUT, || async {
+        Ok(profiles
+            .get_opt(&profile.name_any())
+            .await?
+            .is_none()
+            .then_some(()))
+    })
+    .await?;
+    let gone = std::time::Instant::now();
+    // A client that has not followed the endpoints yet is still answered.
+    assert_eq!(infer_through(&profile, 16).await?.len(), 4);
+    assert!(
+        gone.elapsed().as_secs() < UNLOAD_GRACE_SECONDS,
+        "the check ran within the grace"
+    );
+    // Once the grace has passed the model is unloaded.
+    let unloaded = eventually("the model to be unloaded", TIMEOUT, || async {
+        Ok(infer_through(&profile, 16).await.err())
+    })
+    .await?;
+    assert!(
+        format!("{unloaded:?}").contains("is not served here"),
+        "{unloaded:?}"
+    );
+    assert!(gone.elapsed().as_secs() >= UNLOAD_GRACE_SECONDS - 1);
     Ok(())
 }

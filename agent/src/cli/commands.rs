@@ -164,6 +164,10 @@ pub struct RunArgs {
     /// fraction (0.25: a quarter).
     #[arg(long, env = "POLICYSERVE_DRIFT_FRACTION", default_value_t = 0.25)]
     pub drift_fraction: f64,
+    /// Seconds a model goes on serving after its profile is deleted (a scale-in), so that
+    /// clients following the endpoints, which leave at the same time, stop sending first.
+    #[arg(long, env = "POLICYSERVE_UNLOAD_GRACE_SECONDS", default_value_t = 30)]
+    pub unload_grace_seconds: u64,
     /// Namespace of this agent's Lease (`policyserve-agent-<node>`), renewed every 10 s: the
     /// operator treats a node whose Lease is older than 40 s as not serving.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]

@@ -56,6 +56,8 @@ pub struct ProfileServerConfig {
     pub drift_windows: u32,
     /// Re-tune when a probe finds capacity lower than recorded by more than this fraction.
     pub drift_fraction: f64,
+    /// How long a model whose profile was deleted goes on serving before it is unloaded.
+    pub unload_grace: Duration,
     /// The one namespace whose profiles this agent serves; every namespace's when `None`.
     pub watch_namespace: Option<String>,
     /// Engine settings that are not tuned.
@@ -203,12 +205,31 @@ impl ProfileServer {
         }
     }
 
+    /// Unloads `model` once the unload grace has passed: the operator takes the node out of
+    /// the endpoints as it deletes the profile, and clients that have not followed yet are
+    /// still answered meanwhile.
     fn unload(&self, model: &str) {
-        if let Some(served) = self.registry.remove(model) {
-            tracing::info!(model, "profile deleted: model unloaded");
+        let Some(served) = self.registry.model(model) else {
+            return;
+        };
+        let grace = self.config.unload_grace;
+        tracing::info!(
+            model,
+            grace_seconds = grace.as_secs(),
+            "profile deleted: serving out the grace before unloading"
+        );
+        let (registry, model) = (Arc::clone(&self.registry), model.to_owned());
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            // A profile of the same model may have come back meanwhile (a scale-out) and
+            // replaced this engine with its own: that one stays.
+            let removed = registry.remove_if_same(&model, &served);
+            if removed.is_some() {
+                tracing::info!(model, "model unloaded");
+            }
             // Dropping an engine joins its workers: keep that off the async threads.
-            tokio::task::spawn_blocking(move || drop(served));
-        }
+            tokio::task::spawn_blocking(move || drop((served, removed)));
+        });
     }
 
     /// Fetch, check, tune, serve; then keep the served figures current, probe the capacity
