@@ -322,10 +322,10 @@ pub fn capacity_sweep(
     let target = runtime.block_on(load::Target::connect(
         address, tls, 4, model, input, row_len, true,
     ))?;
-    Ok(sweep::sweep(settings, targets, |rate, duration| {
+    Ok(sweep::sweep(settings, targets, |rate| {
         let plan = load::Plan {
             rate,
-            duration,
+            duration: settings.step_at(rate),
             max_in_flight: 4096,
         };
         let outcome = load::run(runtime.handle(), &target, &plan, stop);
@@ -338,8 +338,7 @@ pub fn method(settings: &SweepSettings) -> String {
     format!(
         "open loop over loopback gRPC through this agent's server, load generator on the node's \
          own CPUs (it competes with the server, so the figure is conservative); up to {} rate \
-         steps of {:.2} s from {:.0} rps, the highest rate that held every latency target twice, \
-         the second time over twice as long",
+         steps of {:.2} s from {:.0} rps, the highest rate that held every latency target twice",
         settings.steps,
         settings.step.as_secs_f64(),
         settings.start_rps

@@ -5,10 +5,8 @@
 //! one was answered OK, and every latency target held; without a latency target, when its p99
 //! stays within twice the p99 at a tenth of its rate. Rates double from a low start until a
 //! step fails, then the gap between the best pass and the first failure is halved (on a log
-//! scale); the capacity is the highest rate that passed twice, the second time in a run twice as
-//! long as a search step: the highest of several noisy passes flatters (a short step's P99 rests
-//! on a few requests), and the longer run is what keeps the figure one a client gets. The search
-//! is a pure function of the step runner, so it is tested without a server.
+//! scale); the capacity is the highest rate that passed twice. The search is a pure function of
+//! the step runner, so it is tested without a server.
 
 use std::time::Duration;
 
@@ -42,17 +40,12 @@ impl SweepSettings {
         ))
     }
 
-    /// How long a confirmation at `rate` sends: twice a step.
-    pub fn confirmation_at(&self, rate: f64) -> Duration {
-        2 * self.step_at(rate)
-    }
-
     /// Settings for a sweep that may take `budget`, below a ranking of `ceiling_rps`.
     pub fn for_budget(budget: Duration, ceiling_rps: f64) -> Self {
         const STEPS: usize = 7;
-        // The search's steps plus up to two confirmations, each as long as two steps.
+        // The search's steps plus up to two confirmations.
         let step =
-            (budget / (STEPS as u32 + 4)).clamp(Duration::from_millis(250), Duration::from_secs(2));
+            (budget / (STEPS as u32 + 2)).clamp(Duration::from_millis(250), Duration::from_secs(2));
         let ceiling_rps = ceiling_rps.max(100.0);
         Self {
             step,
@@ -140,12 +133,12 @@ pub fn judge(
     None
 }
 
-/// Sweeps with `run`, which runs one step at the rate and for the time it is given and returns
-/// `None` once the sweep must stop.
+/// Sweeps with `run`, which runs one step at the rate it is given and returns `None` once the
+/// sweep must stop.
 pub fn sweep(
     settings: &SweepSettings,
     targets: &Targets,
-    mut run: impl FnMut(f64, Duration) -> Option<Outcome>,
+    mut run: impl FnMut(f64) -> Option<Outcome>,
 ) -> SweepResult {
     let mut steps = Vec::new();
     let mut runs: Vec<Outcome> = Vec::new();
@@ -153,23 +146,22 @@ pub fn sweep(
     let mut first_failure: Option<f64> = None;
     let mut rate = settings.start_rps.min(settings.ceiling_rps);
     let mut stopped = false;
-    let mut step =
-        |rate: f64, duration: Duration, runs: &mut Vec<Outcome>, steps: &mut Vec<StepRecord>| {
-            let outcome = run(rate, duration)?;
-            let reference = reference_p99(runs, rate);
-            let failure = judge(&outcome, targets, reference);
-            steps.push(StepRecord {
-                rate_rps: rate.round(),
-                passed: failure.is_none(),
-                failure: failure.clone(),
-                latency_p99_ms: outcome.latency_ms(Quantile::P99).map(|v| round(v, 4)),
-            });
-            runs.push(outcome);
-            Some(failure.is_none())
-        };
+    let mut step = |rate: f64, runs: &mut Vec<Outcome>, steps: &mut Vec<StepRecord>| {
+        let outcome = run(rate)?;
+        let reference = reference_p99(runs, rate);
+        let failure = judge(&outcome, targets, reference);
+        steps.push(StepRecord {
+            rate_rps: rate.round(),
+            passed: failure.is_none(),
+            failure: failure.clone(),
+            latency_p99_ms: outcome.latency_ms(Quantile::P99).map(|v| round(v, 4)),
+        });
+        runs.push(outcome);
+        Some(failure.is_none())
+    };
 
     for _ in 0..settings.steps {
-        let Some(passed) = step(rate, settings.step_at(rate), &mut runs, &mut steps) else {
+        let Some(passed) = step(rate, &mut runs, &mut steps) else {
             stopped = true;
             break;
         };
@@ -209,7 +201,7 @@ pub fn sweep(
             .iter()
             .rposition(|o| o.rate == rate)
             .map(|i| runs[i].clone());
-        match step(rate, settings.confirmation_at(rate), &mut runs, &mut steps) {
+        match step(rate, &mut runs, &mut steps) {
             None => stopped = true,
             Some(true) => {
                 let second = runs.last().cloned();
@@ -280,8 +272,8 @@ mod tests {
 
     /// A server that answers every request at `base` latency up to `knee` requests per
     /// second and grows ten times slower past it.
-    fn server(knee: f64, base_ms: f64) -> impl FnMut(f64, Duration) -> Option<Outcome> {
-        move |rate, _| {
+    fn server(knee: f64, base_ms: f64) -> impl FnMut(f64) -> Option<Outcome> {
+        move |rate| {
             let ms = if rate <= knee {
                 base_ms
             } else {
@@ -332,26 +324,6 @@ mod tests {
             .count();
         assert!(confirmations >= 2, "{:?}", result.steps);
         assert!(result.steps.len() <= 9, "{} steps", result.steps.len());
-    }
-
-    #[test]
-    fn the_confirming_run_is_twice_as_long_as_a_search_step() {
-        let mut runs = Vec::new();
-        let mut inner = server(10_000.0, 0.5);
-        let result = sweep(&settings(), &p99(1.0), |rate, duration| {
-            runs.push((rate.round(), duration));
-            inner(rate, duration)
-        });
-        let capacity = result.capacity.unwrap().throughput_rps;
-        let (rate, last) = *runs.last().unwrap();
-        assert!((rate - capacity).abs() <= 1.0, "{runs:?}");
-        assert_eq!(last, Duration::from_secs(2), "{runs:?}");
-        assert!(
-            runs[..runs.len() - 1]
-                .iter()
-                .all(|(_, d)| *d == Duration::from_secs(1)),
-            "{runs:?}"
-        );
     }
 
     #[test]
@@ -406,11 +378,9 @@ mod tests {
     #[test]
     fn a_stopped_sweep_reports_no_capacity() {
         let mut calls = 0;
-        let result = sweep(&settings(), &p99(1.0), |rate, step| {
+        let result = sweep(&settings(), &p99(1.0), |rate| {
             calls += 1;
-            (calls < 3)
-                .then(|| server(10_000.0, 0.5)(rate, step))
-                .flatten()
+            (calls < 3).then(|| server(10_000.0, 0.5)(rate)).flatten()
         });
         assert!(result.stopped);
         assert_eq!(result.capacity, None);
