@@ -63,7 +63,8 @@ for node in demo-gpu demo-cpu demo-small; do
     --hardware-file "examples/hardware/${HARDWARE[$node]}.json" \
     --grpc-addr "${ADDRESS[$node]}:8001" --metrics-addr "${ADDRESS[$node]}:8002" \
     --model-cache "$RUN/cache-$node" --model-root "$ROOT/models" --namespace "$NAMESPACE" \
-    --served-window-seconds 20 --served-write-seconds 5 >"$RUN/agent-$node.log" 2>&1 &
+    --served-window-seconds 20 --served-write-seconds 5 \
+    --tuning-lock-file "$RUN/tuning.lock" >"$RUN/agent-$node.log" 2>&1 &
   PIDS+=($!)
   echo "  $node  ${ADDRESS[$node]}:8001  examples/hardware/${HARDWARE[$node]}.json (SIMULATED)"
 done
@@ -103,7 +104,7 @@ say "kubectl get policyservices"
 kubectl get policyservices -n "$NAMESPACE"
 say "what the agents measured, per node (kubectl get optimizationprofiles)"
 echo "capacity: the highest rate that held every latency target, open loop over loopback gRPC on"
-echo "the node; three agents share this machine's two CPUs, so their sweeps disturb each other"
+echo "the node; the three agents share this machine's CPUs, so they tune one at a time (one lock file)"
 kubectl get optimizationprofiles -n "$NAMESPACE" -o custom-columns=\
 'NAME:.metadata.name,NODE:.spec.nodeName,CLASS:.spec.hardwareClass,PROFILE:.spec.profile,SERVING:.status.conditions[?(@.type=="Serving")].status,PREC:.status.chosen.precision,THREADS:.status.chosen.intraOpThreads,BATCH:.status.chosen.maxBatchSize,CAPACITY:.status.capacity.throughputRps,P99MS:.status.capacity.latencyP99Ms,MIB:.status.capacity.memoryMiB'
 say "why: each PolicyService's conditions"

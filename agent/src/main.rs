@@ -8,6 +8,6 @@ fn main() -> anyhow::Result<()> {
         Command::Detect(args) => policyserve_agent::detect::run(&args),
         Command::Tune(args) => policyserve_agent::tune::run(&args),
         Command::Serve(args) => policyserve_agent::serve::main(args),
-        Command::Run(args) => policyserve_agent::run::main(args),
+        Command::Run(args) => policyserve_agent::run::main(*args),
     }
 }

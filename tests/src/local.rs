@@ -164,7 +164,7 @@ impl Cluster {
             let shutdown = async move {
                 let _ = stopped.await;
             };
-            if let Err(e) = policyserve_agent::run::serve_node(client, args, shutdown).await {
+            if let Err(e) = policyserve_agent::run::serve_node(client, *args, shutdown).await {
                 eprintln!("agent failed: {e:#}");
             }
         });

@@ -168,6 +168,11 @@ pub struct RunArgs {
     /// clients following the endpoints, which leave at the same time, stop sending first.
     #[arg(long, env = "POLICYSERVE_UNLOAD_GRACE_SECONDS", default_value_t = 30)]
     pub unload_grace_seconds: u64,
+    /// A lock file every agent on this machine names when several share its CPUs (simulated
+    /// nodes on one host, a kind cluster): their tunings and probes then take turns instead of
+    /// measuring each other. One node per machine needs none.
+    #[arg(long, env = "POLICYSERVE_TUNING_LOCK_FILE")]
+    pub tuning_lock_file: Option<PathBuf>,
     /// Namespace of this agent's Lease (`policyserve-agent-<node>`), renewed every 10 s: the
     /// operator treats a node whose Lease is older than 40 s as not serving.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]

@@ -47,7 +47,7 @@ pub enum Command {
     /// Serve models over gRPC (KServe V2) without Kubernetes.
     Serve(ServeArgs),
     /// In a cluster: label this node, then serve the OptimizationProfiles planned for it.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 /// How results are printed.

@@ -8,6 +8,7 @@
 
 pub mod neighbours;
 pub mod status;
+pub mod turns;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -58,6 +59,9 @@ pub struct ProfileServerConfig {
     pub drift_fraction: f64,
     /// How long a model whose profile was deleted goes on serving before it is unloaded.
     pub unload_grace: Duration,
+    /// A lock file shared with the other agents on this machine, whose tunings and probes then
+    /// take turns with this agent's.
+    pub tuning_lock_file: Option<std::path::PathBuf>,
     /// The one namespace whose profiles this agent serves; every namespace's when `None`.
     pub watch_namespace: Option<String>,
     /// Engine settings that are not tuned.
@@ -74,8 +78,8 @@ pub struct ProfileServer {
     config: ProfileServerConfig,
     registry: Arc<ModelRegistry>,
     fetcher: Fetcher,
-    /// One tuning at a time: candidates measured side by side would disturb each other.
-    tuning: tokio::sync::Mutex<()>,
+    /// One tuning or probe at a time: measured side by side they would disturb each other.
+    turns: turns::Turns,
 }
 
 /// A running worker and what it was started for.
@@ -113,10 +117,10 @@ impl ProfileServer {
     ) -> Self {
         Self {
             client,
+            turns: turns::Turns::new(config.tuning_lock_file.clone()),
             config,
             registry,
             fetcher,
-            tuning: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -374,8 +378,7 @@ impl ProfileServer {
 
         let budget = Duration::from_secs(u64::from(spec.tuning_budget_seconds.max(1)));
         let (tuning, engine, beside) = {
-            // One tuning or probe at a time: sweeps side by side would measure each other.
-            let _turn = self.tuning.lock().await;
+            let _turn = self.turns.take().await?;
             let before = neighbours::Before::take(&self.registry, budget);
             let (files, targets, options) = (
                 files.clone(),
@@ -440,7 +443,13 @@ impl ProfileServer {
         served: &Arc<ServedModel>,
         targets: &Targets,
     ) -> Option<Capacity> {
-        let _turn = self.tuning.lock().await;
+        let _turn = match self.turns.take().await {
+            Ok(turn) => turn,
+            Err(e) => {
+                tracing::warn!(model = %served.name, "no turn to probe: {e}");
+                return None;
+            }
+        };
         let (served, targets) = (Arc::clone(served), targets.clone());
         let (address, tls) = (self.config.loopback, self.config.loopback_tls.clone());
         let budget = Duration::from_secs(u64::from(profile.spec.tuning_budget_seconds.max(1)));
