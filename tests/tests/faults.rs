@@ -766,7 +766,7 @@ async fn an_agent_stopped_with_sigterm_answers_every_accepted_request_and_restar
     ensure!(
         account.accepted == account.answered,
         "{} requests taken were never answered",
-        account.accepted - account.answered
+        account.accepted.abs_diff(account.answered)
     );
     ensure!(
         account.answered == ok,
