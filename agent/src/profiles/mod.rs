@@ -472,7 +472,10 @@ impl ProfileServer {
                 &settings,
                 &stop,
             )?;
-            Ok(result.capacity.filter(|_| !result.stopped).map(|mut c| {
+            // A real request that arrived after the last probe request was sent still shares
+            // the probe's time: its figure is then not an idle node's, and is dropped.
+            let undisturbed = !result.stopped && !stop();
+            Ok(result.capacity.filter(|_| undisturbed).map(|mut c| {
                 c.measured_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                     jiff::Timestamp::now(),
                 ));
