@@ -278,7 +278,8 @@ impl ProfileServer {
             let served = current.traffic.summary(std::time::Instant::now());
             let idle = served.requests == 0 && served.rejected == 0;
             let capacity = writer.status.capacity.clone();
-            let mut why = drift.observe(&served, capacity.as_ref(), &judged_targets, &self.config);
+            let lasting = self.config.served_window * self.config.drift_windows.max(1);
+            let mut why = drift.observe(&served, capacity.as_ref(), &judged_targets, lasting);
             let mut changed = writer.served(served, MOVED);
             if why.is_none() && idle && tokio::time::Instant::now() >= next_probe {
                 next_probe = tokio::time::Instant::now() + self.config.revalidate;
@@ -586,14 +587,14 @@ struct Drift {
 }
 
 impl Drift {
-    /// Records one look at the figures; `Some(why)` once the miss has lasted the configured
-    /// number of windows.
+    /// Records one look at the figures; `Some(why)` once the miss has lasted `lasting` (the
+    /// configured number of windows).
     fn observe(
         &mut self,
         served: &Served,
         capacity: Option<&Capacity>,
         targets: &Targets,
-        config: &ProfileServerConfig,
+        lasting: Duration,
     ) -> Option<String> {
         let misses = targets.latency_misses(served);
         let below_capacity = capacity.is_some_and(|c| served.demand_rps < c.throughput_rps);
@@ -602,7 +603,6 @@ impl Drift {
             return None;
         }
         let since = *self.since.get_or_insert_with(std::time::Instant::now);
-        let lasting = config.served_window * config.drift_windows.max(1);
         (since.elapsed() >= lasting).then(|| {
             let misses: Vec<String> = misses.iter().map(ToString::to_string).collect();
             format!(
@@ -642,4 +642,73 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(Error::Task)?
+}
+
+#[cfg(test)]
+mod tests {
+    use policyserve_crds::MIN_SERVED_REQUESTS;
+
+    use super::*;
+
+    fn served(p99_ms: f64, demand_rps: f64, requests: u64) -> Served {
+        Served {
+            window_seconds: 60,
+            requests,
+            latency_p99_ms: Some(p99_ms),
+            demand_rps,
+            ..Served::default()
+        }
+    }
+
+    fn capacity(rps: f64) -> Capacity {
+        Capacity {
+            throughput_rps: rps,
+            ..Capacity::default()
+        }
+    }
+
+    #[test]
+    fn drift_is_a_judged_miss_below_capacity_that_lasts() {
+        let targets = Targets {
+            latency_p99_ms: Some(3.0),
+            ..Targets::default()
+        };
+        let busy = MIN_SERVED_REQUESTS;
+        let now = Duration::ZERO;
+        let mut drift = Drift::default();
+        let why = drift
+            .observe(
+                &served(5.0, 600.0, busy),
+                Some(&capacity(1000.0)),
+                &targets,
+                now,
+            )
+            .unwrap();
+        assert!(
+            why.contains("served latencyP99Ms 5.000 > 3")
+                && why.contains("at demand 600 rps, below capacity 1000 rps"),
+            "{why}"
+        );
+        // Not yet lasting: nothing, and the miss is remembered from its first look.
+        let mut young = Drift::default();
+        let a_while = Duration::from_secs(3600);
+        let miss = served(5.0, 600.0, busy);
+        assert_eq!(
+            young.observe(&miss, Some(&capacity(1000.0)), &targets, a_while),
+            None
+        );
+        assert!(young.since.is_some());
+        // Demand at capacity (the load is at fault), too few requests to judge, no capacity,
+        // or no miss: no drift, and the count starts again.
+        for (figures, cap) in [
+            (served(5.0, 1000.0, busy), Some(capacity(1000.0))),
+            (served(5.0, 600.0, busy - 1), Some(capacity(1000.0))),
+            (served(5.0, 600.0, busy), None),
+            (served(2.0, 600.0, busy), Some(capacity(1000.0))),
+        ] {
+            let mut drift = Drift::default();
+            assert_eq!(drift.observe(&figures, cap.as_ref(), &targets, now), None);
+            assert_eq!(drift.since, None);
+        }
+    }
 }
