@@ -70,11 +70,6 @@ impl ModelRegistry {
         models.insert(model.name.clone(), Arc::new(model))
     }
 
-    /// Stops serving `name`.
-    pub fn remove(&self, name: &str) -> Option<Arc<ServedModel>> {
-        write(&self.models).remove(name)
-    }
-
     /// Stops serving `name` if `model` is still what serves it (not a replacement).
     pub fn remove_if_same(&self, name: &str, model: &Arc<ServedModel>) -> Option<Arc<ServedModel>> {
         let mut models = write(&self.models);

@@ -4,7 +4,8 @@
 //!
 //! The loop is level-triggered: after every watch event the set of workers is brought in line
 //! with the set of profiles. A spec change starts a new worker while the old engine keeps
-//! serving until the new one is ready; a deleted profile's model is unloaded.
+//! serving until the new one is ready; a deleted profile's model is unloaded once the unload
+//! grace has passed.
 
 pub mod neighbours;
 pub mod status;
