@@ -262,7 +262,7 @@ pub fn run(
 /// Sleeps until `due`. Only a sleep: a pacer that yields in a loop near its time is, to the
 /// scheduler, a thread that used up its share, and on CPUs the server keeps busy it waits a
 /// whole time slice to run again. With two CPU-bound threads on the 2 vCPUs here, 16-18% of
-/// requests at 300 rps left within 1 ms of their time that way, against 99.5% when it sleeps
+/// requests at 300 rps left within 1 ms of their time that way, against 98.9-99.5% asleep
 /// (`cargo run --release -p policyserve-agent --example pacing`; docs/benchmarks.md).
 pub fn wait_until(due: Instant) {
     let now = Instant::now();

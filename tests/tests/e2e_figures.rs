@@ -391,9 +391,6 @@ async fn an_idle_model_is_probed_again_and_a_busy_one_is_not() -> Result<()> {
 }
 
 #[tokio::test]
-#[ignore = "flaky on a noisy 2-vCPU machine: its sweeps and probes often confirm a capacity of 0 \
-            (their own load generator leaves late), and with 0 the drift rule cannot apply; \
-            failed in 2 of the last 3 CI runs; run with --ignored (docs/reliability.md)"]
 async fn served_latency_held_above_target_below_capacity_retunes_and_says_why() -> Result<()> {
     let mut cluster = Cluster::start("fig-drift").await?;
     // The test needs a capacity above its load. A sweep on a busy machine can find none (its
@@ -405,7 +402,7 @@ async fn served_latency_held_above_target_below_capacity_retunes_and_says_why() 
         .model_config_map("tiny", "policy-mlp-tiny.onnx")
         .await?;
     cluster
-        .apply("cartpole", tiny_spec("tiny", json!({"latencyP99Ms": 3.0})))
+        .apply("cartpole", tiny_spec("tiny", json!({"latencyP99Ms": 20.0})))
         .await?;
     let ready = profile_within(
         &cluster,
@@ -417,9 +414,13 @@ async fn served_latency_held_above_target_below_capacity_retunes_and_says_why() 
     .await?;
     let capacity = capacity_of(&ready).context("capacity")?.throughput_rps;
     // Half the capacity (300 to 600 requests) at once every second: demand below the capacity,
-    // at least the 1,000 requests per 4 s window that served latency is judged on, and each
-    // burst waits behind itself far beyond 3 ms. The agents here re-tune after two windows.
+    // at least the 1,000 requests per 4 s window that served latency is judged on, and the last
+    // of each burst waits behind the others for longer than 20 ms (the burst takes about half a
+    // second of the server's capacity). The agents here re-tune after two windows. A loose
+    // target, because the sweep confirms a capacity at 20 ms on a busy machine far more often
+    // than at a few milliseconds.
     let burst = ((capacity / 2.0) as usize).clamp(300, 600);
+    println!("capacity {capacity:.0} rps: bursts of {burst} requests a second");
     let driving = tokio::spawn({
         let profile = ready.clone();
         let run_for = Duration::from_secs(8 * SERVED_WINDOW_SECONDS);
