@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use policyserve_crds::Served;
+use policyserve_crds::{Served, round};
 use tonic::Code;
 
 /// The served window's length unless a flag says otherwise, seconds.
@@ -190,11 +190,6 @@ fn quantile_ms(histogram: &[u64], count: u64, q: f64) -> Option<f64> {
     })?;
     let upper = FIRST_BUCKET_SECONDS * GROWTH.powi(i32::try_from(index).unwrap_or(i32::MAX));
     Some(round(upper * 1000.0, 4))
-}
-
-fn round(value: f64, decimals: i32) -> f64 {
-    let scale = 10f64.powi(decimals);
-    (value * scale).round() / scale
 }
 
 #[cfg(test)]

@@ -192,6 +192,13 @@ fn figure(figures: &(impl Figures + ?Sized), target: Target) -> Option<f64> {
     }
 }
 
+/// `value` rounded to `decimals` places: the precision figures are written with, so that a
+/// status holds 1434.3 rps rather than the 1434.3000000000002 a sum of floats gives.
+pub fn round(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
+}
+
 /// Fewest requests a served window must hold before latency targets are judged on it rather
 /// than on the capacity sweep: below it a p99 rests on a handful of requests.
 pub const MIN_SERVED_REQUESTS: u64 = 1000;

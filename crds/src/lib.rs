@@ -16,7 +16,7 @@ mod targets;
 pub use engine::{EngineConfig, ExecutionProvider, Measurement, Precision};
 pub use figures::{
     Capacity, FigureSource, Figures, MIN_SERVED_REQUESTS, Miss, Quantile, Served, Target, describe,
-    latency_basis,
+    latency_basis, round,
 };
 pub use labels::{CAPABILITY_LABEL_PREFIX, CapabilityLabels, GpuLabels, HARDWARE_CLASS_LABEL};
 pub use model::{

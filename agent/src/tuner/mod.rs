@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use policyserve_crds::{
-    Capacity, EngineConfig, ExecutionProvider, Measurement, SearchSpace, Targets,
+    Capacity, EngineConfig, ExecutionProvider, Measurement, SearchSpace, Targets, round,
 };
 use serde::Serialize;
 
@@ -377,11 +377,6 @@ fn serves_on_gpu(config: &EngineConfig) -> bool {
         .execution_providers
         .iter()
         .any(|p| matches!(p, ExecutionProvider::Cuda | ExecutionProvider::TensorRT))
-}
-
-fn round(value: f64, decimals: i32) -> f64 {
-    let scale = 10f64.powi(decimals);
-    (value * scale).round() / scale
 }
 
 /// What the caller sees as the search goes, for a progress display.

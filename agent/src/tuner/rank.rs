@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use policyserve_crds::Measurement;
+use policyserve_crds::{Measurement, round};
 
 use super::memory::peak_rss_mib;
 use crate::engine::Engine;
@@ -69,11 +69,6 @@ pub fn measure(engine: &Engine, settings: MeasureSettings) -> Result<Measurement
             jiff::Timestamp::now(),
         )),
     })
-}
-
-fn round(value: f64, decimals: i32) -> f64 {
-    let scale = 10f64.powi(decimals);
-    (value * scale).round() / scale
 }
 
 /// The `q` quantile of sorted latencies, in milliseconds (nearest rank).

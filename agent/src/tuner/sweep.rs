@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use policyserve_crds::{Capacity, Figures, Quantile, Target, Targets};
+use policyserve_crds::{Capacity, Figures, Quantile, Target, Targets, round};
 
 use crate::load::{ON_TIME, Outcome};
 
@@ -257,11 +257,6 @@ fn at_rate(rate: f64, a: &Outcome, b: &Outcome) -> Capacity {
         latency_p99_ms: worst(Quantile::P99),
         ..Capacity::default()
     }
-}
-
-fn round(value: f64, decimals: i32) -> f64 {
-    let scale = 10f64.powi(decimals);
-    (value * scale).round() / scale
 }
 
 #[cfg(test)]

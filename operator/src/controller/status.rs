@@ -14,7 +14,7 @@ use policyserve_crds::conditions::{
 use policyserve_crds::{
     AGENT_GRPC_PORT, Capacity, Compliance, FigureSource, Figures, NodeStatus, OptimizationProfile,
     PolicyService, PolicyServiceStatus, Quantile, ScalingStatus, Served, ServiceEndpoint, Target,
-    Targets, describe, latency_basis, model_name,
+    Targets, describe, latency_basis, model_name, round,
 };
 
 use super::desired::{Assignment, Plan, reports_serving};
@@ -597,7 +597,10 @@ fn aggregate_capacity(planned: &[Planned]) -> Option<Capacity> {
         .collect::<Option<Vec<f64>>>()
         .map(|all| all.into_iter().fold(0.0, f64::max));
     Some(Capacity {
-        throughput_rps: capacities.iter().map(|c| c.throughput_rps).sum::<f64>() + 0.0,
+        throughput_rps: round(
+            capacities.iter().map(|c| c.throughput_rps).sum::<f64>() + 0.0,
+            1,
+        ),
         latency_p50_ms: worst(|c| c.latency_p50_ms),
         latency_p95_ms: worst(|c| c.latency_p95_ms),
         latency_p99_ms: worst(|c| c.latency_p99_ms),
@@ -638,13 +641,16 @@ fn aggregate_served(planned: &[Planned]) -> Option<Served> {
     Some(Served {
         window_seconds: windows.iter().map(|s| s.window_seconds).max().unwrap_or(0),
         requests: windows.iter().map(|s| s.requests).sum(),
-        throughput_rps: windows.iter().map(|s| s.throughput_rps).sum::<f64>() + 0.0,
+        throughput_rps: round(
+            windows.iter().map(|s| s.throughput_rps).sum::<f64>() + 0.0,
+            1,
+        ),
         latency_p50_ms: worst(|s| s.latency_p50_ms),
         latency_p95_ms: worst(|s| s.latency_p95_ms),
         latency_p99_ms: worst(|s| s.latency_p99_ms),
         errors,
         rejected: windows.iter().map(|s| s.rejected).sum(),
-        demand_rps: windows.iter().map(|s| s.demand_rps).sum::<f64>() + 0.0,
+        demand_rps: round(windows.iter().map(|s| s.demand_rps).sum::<f64>() + 0.0, 1),
         updated_at: windows
             .iter()
             .filter_map(|s| s.updated_at.clone())
@@ -1059,6 +1065,24 @@ mod tests {
         assert!(message(&status, MEMORY_WITHIN_LIMIT).contains("memory unmeasured on node-0"));
         assert_eq!(status.capacity.unwrap().memory_mib, None);
         assert_eq!(status.nodes[0].compliant, None);
+    }
+
+    #[test]
+    fn summed_figures_are_written_at_the_agents_precision() {
+        let ps = PolicyServiceBuilder::new("ps").replicas(3, 3).build();
+        // 0.1 rps from each of three nodes: as floats, 0.1 + 0.1 + 0.1 is 0.30000000000000004.
+        let profiles = (0..3)
+            .map(|i| {
+                ProfileBuilder::for_node(&ps, &format!("node-{i}"))
+                    .serving()
+                    .capacity(0.1, 1.0, 50.0)
+                    .served(6, 1.0)
+                    .build()
+            })
+            .collect();
+        let status = status_of(&ps, &nodes(3), profiles);
+        assert_eq!(status.served.unwrap().demand_rps, 0.3);
+        assert_eq!(status.capacity.unwrap().throughput_rps, 0.3);
     }
 
     #[test]
