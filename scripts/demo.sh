@@ -152,12 +152,12 @@ print(f"{model} at {url}: {len(latencies)} requests from 8 Python clients in {el
 EOF
 
 say "what the status claims vs what a client gets (Rust open-loop load at each node's capacity)"
-# The bar: at least 90% of the claimed rate, every latency target (p50/p95/p99) held.
+# The bar: at least 90% of the claimed rate, no answer failed, every latency target held.
 echo "| profile | claimed capacity rps | claimed p99 ms | offered rps | got rps | got p99 ms | late | not OK | bar |"
 echo "|---|---|---|---|---|---|---|---|---|"
 kubectl get optimizationprofiles -n "$NAMESPACE" -o jsonpath=\
-'{range .items[*]}{.metadata.name} {.spec.policyService} {.status.capacity.throughputRps} {.status.capacity.latencyP99Ms} {.status.endpoint.address}:{.status.endpoint.port} {.status.endpoint.modelName}{"\n"}{end}' |
-while read -r name policy rps p99 target model; do
+'{range .items[*]}{.metadata.name} {.spec.policyService} {.status.capacity.throughputRps} {.status.capacity.latencyP99Ms} {.status.endpoint.address}:{.status.endpoint.port} {.status.endpoint.modelName} {.spec.targets}{"\n"}{end}' |
+while read -r name policy rps p99 target model targets; do
   # A profile not measured yet prints empty fields, which `read` collapses: no number here.
   if ! [[ "$rps" =~ ^[0-9]+(\.[0-9]+)?$ ]] || [ "${rps%.*}" -le 0 ]; then
     [[ "$rps" =~ ^[0-9] ]] || { rps=unmeasured; p99=-; }
@@ -170,21 +170,16 @@ while read -r name policy rps p99 target model; do
   "$BIN/examples/loadgen" --target "http://$target" --model "$model" --row-len "$width" \
     --concurrency '' --open-rate "$rps" --duration 5 --warm-up 1 --json "$json" \
     >/dev/null 2>"$RUN/claims-$name.log" || true
-  kubectl get optimizationprofile -n "$NAMESPACE" "$name" -o jsonpath='{.spec.targets}' \
-    >"$RUN/targets-$name.json"
-  "$POLICYSERVE_PYTHON" - "$json" "$name" "$rps" "$p99" "$RUN/targets-$name.json" <<'EOF'
+  "$POLICYSERVE_PYTHON" - "$json" "$name" "$rps" "$p99" "${targets:-{\}}" <<'EOF'
 import json, sys
-path, name, rps, p99, targets_path = sys.argv[1:6]
+path, name, rps, p99, targets = sys.argv[1:6]
 claimed = f"| {name} | {float(rps):.0f} | {float(p99):.3f} | {float(rps):.0f}"
 try:
     step = json.load(open(path))["steps"][-1]
 except (OSError, ValueError, IndexError, KeyError):
     print(f"{claimed} | load failed | - | - | - | - |")
     sys.exit()
-try:
-    targets = json.load(open(targets_path))
-except (OSError, ValueError):
-    targets = {}
+targets = json.loads(targets)  # the profile's spec.targets, compact JSON from kubectl
 misses = [f"{step['rps'] / float(rps):.0%} of the rate"] if step["rps"] < 0.9 * float(rps) else []
 if step["errors"]:
     misses.append(f"{step['errors']} not OK")
