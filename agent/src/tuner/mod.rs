@@ -322,10 +322,10 @@ pub fn capacity_sweep(
     let target = runtime.block_on(load::Target::connect(
         address, tls, 4, model, input, row_len, true,
     ))?;
-    Ok(sweep::sweep(settings, targets, |rate| {
+    Ok(sweep::sweep(settings, targets, |rate, duration| {
         let plan = load::Plan {
             rate,
-            duration: settings.step_at(rate),
+            duration,
             max_in_flight: 4096,
         };
         let outcome = load::run(runtime.handle(), &target, &plan, stop);
@@ -337,11 +337,14 @@ pub fn capacity_sweep(
 pub fn method(settings: &SweepSettings) -> String {
     format!(
         "open loop over loopback gRPC through this agent's server, load generator on the node's \
-         own CPUs (it competes with the server, so the figure is conservative); up to {} rate \
-         steps of {:.2} s from {:.0} rps, the highest rate that held every latency target twice",
+         own CPUs (it competes with the server as a client there would); up to {} rate steps of \
+         {:.2} s from {:.0} rps, then a confirming run of {:.2} s: the highest rate that held \
+         every latency target in both, with the worse figures of the two. Two samples, not a \
+         bound: on a busy node a client's own run can see a longer tail",
         settings.steps,
         settings.step.as_secs_f64(),
-        settings.start_rps
+        settings.start_rps,
+        (settings.step * sweep::CONFIRM_STEPS).as_secs_f64()
     )
 }
 

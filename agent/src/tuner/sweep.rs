@@ -5,8 +5,9 @@
 //! one was answered OK, and every latency target held; without a latency target, when its p99
 //! stays within twice the p99 at a tenth of its rate. Rates double from a low start until a
 //! step fails, then the gap between the best pass and the first failure is halved (on a log
-//! scale); the capacity is the highest rate that passed twice. The search is a pure function of
-//! the step runner, so it is tested without a server.
+//! scale); the capacity is the highest rate that passed twice, the second time in a confirming
+//! run [`CONFIRM_STEPS`] steps long. The search is a pure function of the step runner, so it is
+//! tested without a server.
 
 use std::time::Duration;
 
@@ -18,6 +19,12 @@ use crate::load::{ON_TIME, Outcome};
 pub const LOWEST_RPS: f64 = 50.0;
 /// Fewest requests a step sends: a step of a few requests passes or fails on one of them.
 pub const MIN_STEP_REQUESTS: f64 = 100.0;
+/// How many steps long a confirming run is. The search's short steps find the knee; the best of
+/// them passed partly by luck (a pause of the node's other work fell outside it), and a client
+/// judges a longer run than one step. A longer confirmation gives the pause its chance.
+pub const CONFIRM_STEPS: u32 = 3;
+/// Confirming runs a sweep tries at most.
+const CONFIRMATIONS: u32 = 2;
 
 /// Bounds of one sweep.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -35,17 +42,20 @@ pub struct SweepSettings {
 impl SweepSettings {
     /// How long a step at `rate` sends.
     pub fn step_at(&self, rate: f64) -> Duration {
-        self.step.max(Duration::from_secs_f64(
-            MIN_STEP_REQUESTS / rate.max(LOWEST_RPS),
-        ))
+        self.step.max(min_requests_at(rate))
+    }
+
+    /// How long a confirming run at `rate` sends.
+    pub fn confirm_at(&self, rate: f64) -> Duration {
+        (self.step * CONFIRM_STEPS).max(min_requests_at(rate))
     }
 
     /// Settings for a sweep that may take `budget`, below a ranking of `ceiling_rps`.
     pub fn for_budget(budget: Duration, ceiling_rps: f64) -> Self {
         const STEPS: usize = 7;
-        // The search's steps plus up to two confirmations.
-        let step =
-            (budget / (STEPS as u32 + 2)).clamp(Duration::from_millis(250), Duration::from_secs(2));
+        // The search's steps plus the confirmations.
+        let step = (budget / (STEPS as u32 + CONFIRMATIONS * CONFIRM_STEPS))
+            .clamp(Duration::from_millis(250), Duration::from_secs(2));
         let ceiling_rps = ceiling_rps.max(100.0);
         Self {
             step,
@@ -54,6 +64,11 @@ impl SweepSettings {
             ceiling_rps,
         }
     }
+}
+
+/// How long sending [`MIN_STEP_REQUESTS`] at `rate` takes.
+fn min_requests_at(rate: f64) -> Duration {
+    Duration::from_secs_f64(MIN_STEP_REQUESTS / rate.max(LOWEST_RPS))
 }
 
 /// One step of a sweep, for the record (`tune --output json`).
@@ -133,12 +148,12 @@ pub fn judge(
     None
 }
 
-/// Sweeps with `run`, which runs one step at the rate it is given and returns `None` once the
-/// sweep must stop.
+/// Sweeps with `run`, which sends at the rate it is given for as long as it is given and returns
+/// `None` once the sweep must stop.
 pub fn sweep(
     settings: &SweepSettings,
     targets: &Targets,
-    mut run: impl FnMut(f64) -> Option<Outcome>,
+    mut run: impl FnMut(f64, Duration) -> Option<Outcome>,
 ) -> SweepResult {
     let mut steps = Vec::new();
     let mut runs: Vec<Outcome> = Vec::new();
@@ -146,22 +161,30 @@ pub fn sweep(
     let mut first_failure: Option<f64> = None;
     let mut rate = settings.start_rps.min(settings.ceiling_rps);
     let mut stopped = false;
-    let mut step = |rate: f64, runs: &mut Vec<Outcome>, steps: &mut Vec<StepRecord>| {
-        let outcome = run(rate)?;
-        let reference = reference_p99(runs, rate);
-        let failure = judge(&outcome, targets, reference);
-        steps.push(StepRecord {
-            rate_rps: rate.round(),
-            passed: failure.is_none(),
-            failure: failure.clone(),
-            latency_p99_ms: outcome.latency_ms(Quantile::P99).map(|v| round(v, 4)),
-        });
-        runs.push(outcome);
-        Some(failure.is_none())
-    };
+    let mut step =
+        |rate: f64, duration: Duration, runs: &mut Vec<Outcome>, steps: &mut Vec<StepRecord>| {
+            let outcome = run(rate, duration)?;
+            let reference = reference_p99(runs, rate);
+            let failure = judge(&outcome, targets, reference);
+            tracing::debug!(
+                rate = rate.round(),
+                seconds = duration.as_secs_f64(),
+                p99_ms = outcome.latency_ms(Quantile::P99),
+                failure = failure.as_deref().unwrap_or("passed"),
+                "sweep step"
+            );
+            steps.push(StepRecord {
+                rate_rps: rate.round(),
+                passed: failure.is_none(),
+                failure: failure.clone(),
+                latency_p99_ms: outcome.latency_ms(Quantile::P99).map(|v| round(v, 4)),
+            });
+            runs.push(outcome);
+            Some(failure.is_none())
+        };
 
     for _ in 0..settings.steps {
-        let Some(passed) = step(rate, &mut runs, &mut steps) else {
+        let Some(passed) = step(rate, settings.step_at(rate), &mut runs, &mut steps) else {
             stopped = true;
             break;
         };
@@ -189,26 +212,32 @@ pub fn sweep(
         };
     }
 
-    // Confirm from the highest pass down: the capacity passed twice.
+    // Confirm from the highest pass down, in a longer run: the capacity passed twice. A failed
+    // confirmation says the knee is lower than the short steps found, so the next try is at
+    // least a quarter lower (the pass just below is likely to fail the same way).
     passes.sort_by(|a, b| b.total_cmp(a));
     passes.dedup();
     let mut capacity = None;
-    for (tries, &rate) in passes.iter().enumerate() {
-        if stopped || tries >= 2 {
+    let mut below = f64::INFINITY;
+    for _ in 0..CONFIRMATIONS {
+        let Some(rate) = passes.iter().copied().find(|&r| r <= below) else {
             break;
-        }
+        };
         let first = runs
             .iter()
             .rposition(|o| o.rate == rate)
             .map(|i| runs[i].clone());
-        match step(rate, &mut runs, &mut steps) {
-            None => stopped = true,
+        match step(rate, settings.confirm_at(rate), &mut runs, &mut steps) {
+            None => {
+                stopped = true;
+                break;
+            }
             Some(true) => {
                 let second = runs.last().cloned();
                 capacity = first.zip(second).map(|(a, b)| at_rate(rate, &a, &b));
                 break;
             }
-            Some(false) => {}
+            Some(false) => below = rate * 0.75,
         }
     }
     if capacity.is_none() && !stopped {
@@ -267,8 +296,8 @@ mod tests {
 
     /// A server that answers every request at `base` latency up to `knee` requests per
     /// second and grows ten times slower past it.
-    fn server(knee: f64, base_ms: f64) -> impl FnMut(f64) -> Option<Outcome> {
-        move |rate| {
+    fn server(knee: f64, base_ms: f64) -> impl FnMut(f64, Duration) -> Option<Outcome> {
+        move |rate, _| {
             let ms = if rate <= knee {
                 base_ms
             } else {
@@ -319,6 +348,39 @@ mod tests {
             .count();
         assert!(confirmations >= 2, "{:?}", result.steps);
         assert!(result.steps.len() <= 9, "{} steps", result.steps.len());
+    }
+
+    #[test]
+    fn the_confirming_run_is_longer_and_a_rate_that_holds_only_for_a_step_is_not_the_capacity() {
+        // Up to 10,000 rps the server holds; up to 14,000 rps it holds for one step, but a run
+        // of several steps catches a pause of the node's other work.
+        let mut durations = Vec::new();
+        let result = sweep(&settings(), &p99(1.0), |rate, duration| {
+            durations.push((rate, duration));
+            let knee = if duration > settings().step {
+                10_000.0
+            } else {
+                14_000.0
+            };
+            server(knee, 0.5)(rate, duration)
+        });
+        let capacity = result.capacity.unwrap();
+        assert!(
+            (5_000.0..=10_000.0).contains(&capacity.throughput_rps),
+            "{capacity:?} {:?}",
+            result.steps
+        );
+        let confirmations: Vec<_> = durations
+            .iter()
+            .filter(|(_, d)| *d == settings().step * CONFIRM_STEPS)
+            .collect();
+        assert!(!confirmations.is_empty(), "{durations:?}");
+        assert!(
+            confirmations
+                .iter()
+                .any(|(rate, _)| (rate - capacity.throughput_rps).abs() <= 1.0),
+            "the capacity was confirmed in a long run: {durations:?}"
+        );
     }
 
     #[test]
@@ -373,9 +435,11 @@ mod tests {
     #[test]
     fn a_stopped_sweep_reports_no_capacity() {
         let mut calls = 0;
-        let result = sweep(&settings(), &p99(1.0), |rate| {
+        let result = sweep(&settings(), &p99(1.0), |rate, duration| {
             calls += 1;
-            (calls < 3).then(|| server(10_000.0, 0.5)(rate)).flatten()
+            (calls < 3)
+                .then(|| server(10_000.0, 0.5)(rate, duration))
+                .flatten()
         });
         assert!(result.stopped);
         assert_eq!(result.capacity, None);
