@@ -352,8 +352,9 @@ async fn a_cluster_ip_service_from_an_earlier_version_is_replaced_by_a_headless_
     eventually("the Service to become headless", TIMEOUT, || {
         let services = services.clone();
         async move {
-            let service = services.get("lander").await?;
-            let ip = service.spec.and_then(|s| s.cluster_ip);
+            // Gone for a moment: the operator deletes the old Service and creates the new one.
+            let service = services.get_opt("lander").await?;
+            let ip = service.and_then(|s| s.spec).and_then(|s| s.cluster_ip);
             Ok((ip.as_deref() == Some("None")).then_some(()))
         }
     })
