@@ -684,8 +684,18 @@ async fn an_agent_killed_under_load_leaves_the_others_serving_and_its_node_is_re
             .map(|c| (c.reason, c.message))
     );
     scope.ready("walker", "True").await?;
+    // Ready may still be the condition written before the loss: wait for the spare itself.
+    let now = eventually("the spare to serve", TIMEOUT, || async {
+        let now = scope.profiles_of("walker").await?;
+        let spare_serves = now.iter().any(|p| {
+            p.spec.node_name == spare
+                && serving(p)
+                && p.status.as_ref().is_some_and(|s| s.endpoint.is_some())
+        });
+        Ok(spare_serves.then_some(now))
+    })
+    .await?;
     let replaced = killed.elapsed();
-    let now = scope.profiles_of("walker").await?;
     let on: BTreeSet<&str> = now.iter().map(|p| p.spec.node_name.as_str()).collect();
     ensure!(
         on == BTreeSet::from([survivor.spec.node_name.as_str(), spare.as_str()]),
