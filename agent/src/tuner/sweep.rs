@@ -166,10 +166,11 @@ pub fn sweep(
             let outcome = run(rate, duration)?;
             let reference = reference_p99(runs, rate);
             let failure = judge(&outcome, targets, reference);
+            let p99_ms = outcome.latency_ms(Quantile::P99).map(|v| round(v, 4));
             tracing::debug!(
                 rate = rate.round(),
                 seconds = duration.as_secs_f64(),
-                p99_ms = outcome.latency_ms(Quantile::P99),
+                p99_ms,
                 failure = failure.as_deref().unwrap_or("passed"),
                 "sweep step"
             );
@@ -177,7 +178,7 @@ pub fn sweep(
                 rate_rps: rate.round(),
                 passed: failure.is_none(),
                 failure: failure.clone(),
-                latency_p99_ms: outcome.latency_ms(Quantile::P99).map(|v| round(v, 4)),
+                latency_p99_ms: p99_ms,
             });
             runs.push(outcome);
             Some(failure.is_none())
@@ -220,6 +221,9 @@ pub fn sweep(
     let mut capacity = None;
     let mut below = f64::INFINITY;
     for _ in 0..CONFIRMATIONS {
+        if stopped {
+            break;
+        }
         let Some(rate) = passes.iter().copied().find(|&r| r <= below) else {
             break;
         };
@@ -228,10 +232,7 @@ pub fn sweep(
             .rposition(|o| o.rate == rate)
             .map(|i| runs[i].clone());
         match step(rate, settings.confirm_at(rate), &mut runs, &mut steps) {
-            None => {
-                stopped = true;
-                break;
-            }
+            None => stopped = true,
             Some(true) => {
                 let second = runs.last().cloned();
                 capacity = first.zip(second).map(|(a, b)| at_rate(rate, &a, &b));
