@@ -160,8 +160,8 @@ pub struct RunArgs {
     /// while demand stays below its capacity.
     #[arg(long, env = "POLICYSERVE_DRIFT_WINDOWS", default_value_t = 3)]
     pub drift_windows: u32,
-    /// Re-tune a model when a capacity probe finds it lower than recorded by more than this
-    /// fraction (0.25: a quarter).
+    /// Re-tune a model when two capacity probes in a row find it lower than recorded by more
+    /// than this fraction (0.25: a quarter); after the first, the next idle moment probes again.
     #[arg(long, env = "POLICYSERVE_DRIFT_FRACTION", default_value_t = 0.25)]
     pub drift_fraction: f64,
     /// Seconds a model goes on serving after its profile is deleted (a scale-in), so that

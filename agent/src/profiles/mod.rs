@@ -56,7 +56,8 @@ pub struct ProfileServerConfig {
     /// Re-tune when served latency misses a target this many windows in a row while demand
     /// stays below capacity.
     pub drift_windows: u32,
-    /// Re-tune when a probe finds capacity lower than recorded by more than this fraction.
+    /// Re-tune when two probes in a row find capacity lower than recorded by more than this
+    /// fraction.
     pub drift_fraction: f64,
     /// How long a model whose profile was deleted goes on serving before it is unloaded.
     pub unload_grace: Duration,
@@ -271,6 +272,7 @@ impl ProfileServer {
         let mut next_probe = tokio::time::Instant::now() + self.config.revalidate;
         let mut judged_targets = lock(&targets).clone();
         let mut drift = Drift::default();
+        let mut fall = Fall::default();
         loop {
             tokio::time::sleep(self.config.served_write).await;
             let Some(current) = self.registry.model(&model) else {
@@ -285,11 +287,13 @@ impl ProfileServer {
             if why.is_none() && idle && tokio::time::Instant::now() >= next_probe {
                 next_probe = tokio::time::Instant::now() + self.config.revalidate;
                 if let Some(probed) = self.probe(profile, &current, &judged_targets).await {
-                    why = capacity
-                        .as_ref()
-                        .and_then(|old| fell(old, &probed, self.config.drift_fraction));
+                    why = fall.observe(capacity.as_ref(), &probed, self.config.drift_fraction);
                     writer.capacity(probed);
                     changed = true;
+                }
+                if fall.pending() {
+                    // A fall awaits its second look: at the next idle moment, not in `revalidate`.
+                    next_probe = tokio::time::Instant::now();
                 }
             }
             if let Some(why) = why {
@@ -302,6 +306,7 @@ impl ProfileServer {
                     tracing::warn!(model, "re-tuning failed, the old engine keeps serving: {e}");
                 }
                 drift = Drift::default();
+                fall = Fall::default();
                 changed = true;
             }
             let now_targets = lock(&targets).clone();
@@ -617,7 +622,41 @@ impl Drift {
     }
 }
 
-/// Why a probe's capacity calls for a new tuning: it fell by more than `fraction`.
+/// Falls of capacity that probes found. One probe on a noisy node can find far less than the
+/// tuning did, even no rate at all (a pause of the node's other work fell inside its steps), and
+/// a re-tuning is a whole tuning budget of load on the node: the agent re-tunes only when the
+/// next probe finds the fall too, as the sweep reports only a rate that held twice.
+#[derive(Debug, Default)]
+struct Fall {
+    /// The capacity recorded before a first probe fell below it, while the next is awaited.
+    from: Option<Capacity>,
+}
+
+impl Fall {
+    /// Why `probed` calls for a re-tuning, given the capacity `recorded` before it.
+    fn observe(
+        &mut self,
+        recorded: Option<&Capacity>,
+        probed: &Capacity,
+        fraction: f64,
+    ) -> Option<String> {
+        let first = self.from.take();
+        let old = first.as_ref().or(recorded)?;
+        let why = fell(old, probed, fraction)?;
+        if first.is_some() {
+            return Some(format!("{why}, as did the probe before it"));
+        }
+        self.from = Some(old.clone());
+        None
+    }
+
+    /// Whether a fall awaits the next probe.
+    fn pending(&self) -> bool {
+        self.from.is_some()
+    }
+}
+
+/// Why a probe's capacity is a fall: it is lower by more than `fraction`.
 fn fell(old: &Capacity, new: &Capacity, fraction: f64) -> Option<String> {
     (new.throughput_rps < old.throughput_rps * (1.0 - fraction)).then(|| {
         format!(
@@ -666,6 +705,38 @@ mod tests {
             throughput_rps: rps,
             ..Capacity::default()
         }
+    }
+
+    #[test]
+    fn a_fall_of_capacity_is_re_tuned_on_only_when_the_next_probe_finds_it_too() {
+        let recorded = capacity(1000.0);
+        // One probe's fall waits for the next; a recovery forgets it.
+        let mut fall = Fall::default();
+        assert_eq!(fall.observe(Some(&recorded), &capacity(0.0), 0.25), None);
+        assert!(fall.pending());
+        // The next probe is compared with the figure before the fall, not with the fall
+        // itself (which the status now shows).
+        assert_eq!(
+            fall.observe(Some(&capacity(0.0)), &capacity(900.0), 0.25),
+            None
+        );
+        assert!(!fall.pending());
+        // Two falls in a row: a re-tuning, which says both.
+        assert_eq!(fall.observe(Some(&recorded), &capacity(500.0), 0.25), None);
+        let why = fall
+            .observe(Some(&capacity(500.0)), &capacity(600.0), 0.25)
+            .unwrap();
+        assert!(
+            why.contains("a probe measured 600 rps, more than 25% below the 1000 rps recorded")
+                && why.contains("as did the probe before it"),
+            "{why}"
+        );
+        assert!(!fall.pending());
+        // A rise, or a fall within the fraction, is no fall; nothing recorded, nothing to fall
+        // from.
+        assert_eq!(fall.observe(Some(&recorded), &capacity(800.0), 0.25), None);
+        assert_eq!(fall.observe(None, &capacity(0.0), 0.25), None);
+        assert!(!fall.pending());
     }
 
     #[test]
